@@ -1,0 +1,111 @@
+"""`cnnlab data info|stats|show`: look at a data source before training on it."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnlab.cli.common import add_data_args, data_config, report_skipped
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="inspect a data source: sizes and classes, channel statistics, augmentation grid",
+        description="Inspect a data source: sizes and class balance (info), per-channel mean/std (stats), "
+        "and a grid of original vs augmented samples (show).",
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    info = sub.add_parser("info", help="split sizes, image shape, classes and class balance",
+                          description="Print split sizes, image shape, classes and the images per class in each split.")
+    add_data_args(info, positional=True)
+    info.set_defaults(func=_info)
+
+    stats = sub.add_parser("stats", help="exact per-channel mean/std of the training split",
+                           description="Print the per-channel mean and std of the training split (in [0, 1] units), "
+                           "the values every model trained on this data is normalised with.")
+    add_data_args(stats, positional=True)
+    stats.set_defaults(func=_stats)
+
+    from cnnlab.data.augment_help import AUGMENT_HELP
+
+    show = sub.add_parser("show", help="write a grid of original vs augmented samples",
+                          description="Write a PNG grid: one row per sample, the original first, then augmented views "
+                          "made by the same batched code the trainer uses.\n\n" + AUGMENT_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(show, positional=True)
+    show.add_argument("--augment", default="standard", metavar="SPEC", help="augmentation spec (default: standard = flip,crop:4)")
+    show.add_argument("-o", "--output", default="augment.png", metavar="PNG", help="output file (default augment.png)")
+    show.add_argument("-n", "--samples", type=int, default=8, help="rows (samples), cycling through the classes (default 8)")
+    show.add_argument("--views", type=int, default=6, help="augmented views per sample (default 6)")
+    show.add_argument("--split", default="train", choices=("train", "val", "test"))
+    show.add_argument("--seed", type=int, default=0)
+    show.set_defaults(func=_show)
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from cnnlab.data.sources import load_splits
+
+    splits = load_splits(data_config(args))
+    report_skipped(splits.skipped)
+    return splits
+
+
+def _info(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    splits = _load(args)
+    console = Console()
+    c, h, w = splits.image_shape
+    console.print(f"[bold]{splits.name}[/]: {len(splits.classes)} classes, images {c}x{h}x{w} (C x H x W), uint8")
+    table = Table("class", "train", "val", "test")
+    counts = [splits.split(s).class_counts() for s in ("train", "val", "test")]
+    for i, name in enumerate(splits.classes):
+        table.add_row(f"{i}: {name}", *(str(int(cnt[i])) for cnt in counts))
+    table.add_section()
+    table.add_row("total", *(str(int(cnt.sum())) for cnt in counts))
+    console.print(table)
+    train = counts[0]
+    ratio = train.max() / max(train.min(), 1)
+    verdict = "balanced" if ratio <= 1.5 else "imbalanced: consider --class-weights or --balanced-sampling"
+    console.print(f"largest/smallest training class: {ratio:.2f} ({verdict})")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import time
+
+    from cnnlab.data.stats import channel_stats
+
+    splits = _load(args)
+    start = time.perf_counter()
+    mean, std = channel_stats(splits.train.images)
+    elapsed = time.perf_counter() - start
+    names = ("gray",) if len(mean) == 1 else ("red", "green", "blue")
+    print(f"{splits.name}: {len(splits.train)} training images, computed in {elapsed * 1000:.0f} ms")
+    for name, m, s in zip(names, mean, std):
+        print(f"  {name:6s} mean {m:.6f}  std {s:.6f}")
+    print(f"mean = ({', '.join(f'{m:.4f}' for m in mean)})  std = ({', '.join(f'{s:.4f}' for s in std)})")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from cnnlab.data.augment import build_augment
+    from cnnlab.data.preview import augmented_views
+    from cnnlab.report.plots import image_grid
+
+    splits = _load(args)
+    part = splits.split(args.split)
+    mean, _ = splits.stats
+    spec = str(build_augment(args.augment, mean=mean) or "none")
+    originals, views, labels = augmented_views(part, args.augment, n=args.samples, views=args.views, seed=args.seed, mean=mean)
+    rows = [[originals[i], *views[i]] for i in range(len(originals))]
+    path = image_grid(
+        rows, args.output,
+        row_labels=[splits.classes[int(y)] for y in labels],
+        col_labels=["original", *(f"view {j + 1}" for j in range(args.views))],
+        title=f"augment: {spec}",
+    )  # fmt: skip
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,74 @@
+"""The `cnnlab` command: one sub-command group per module in this package.
+
+Each module listed in ``COMMANDS`` defines ``register(subparsers)``, which adds its
+parsers and sets ``func`` (a handler taking the parsed namespace and returning an exit
+code). Modules import only argparse at the top, so ``cnnlab --help`` is instant; the
+heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+# Order here is the order in `cnnlab --help`.
+COMMANDS: tuple[str, ...] = (
+    "data",
+    "train",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Train CNN image classifiers the right way, and show why.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"cnnlab.cli.{name}").register(subparsers)
+    return parser
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _setup_logging() -> None:
+    """Library modules log to the ``cnnlab`` logger; the CLI shows INFO and above on stderr."""
+    logger = logging.getLogger("cnnlab")
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("cnnlab: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CnnlabError as exc:
+        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

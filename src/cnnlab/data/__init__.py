@@ -1,0 +1,1 @@
+"""Data: sources, decoding cache, statistics, augmentation and the device-resident loader."""

@@ -1,0 +1,23 @@
+"""The augmentation spec grammar as help text, free of torch so `--help` stays instant.
+
+A test checks it against the text generated from the op classes
+(``cnnlab.data.augment._help_text``), so the two cannot drift apart.
+"""
+
+AUGMENT_HELP = """\
+Augmentation spec: comma-separated ops, applied in order, each NAME[:ARG...] with
+positional args in the order below, or NAME:KEY=VALUE[:KEY=VALUE...].
+  hflip (flip)        p=0.5
+                        horizontal (left-right) flip with probability p
+  vflip               p=0.5
+                        vertical (top-bottom) flip with probability p
+  crop                padding=4 mode=zero|reflect
+                        pad by `padding` px (zero or reflect), crop a random input-sized window
+  rrc (resized-crop)  min_scale=0.35 max_scale=1 min_ratio=0.75 max_ratio=1.333 size=0
+                        random resized crop: area fraction, aspect ratio, output size (0 = input size)
+  jitter              brightness=0.4 contrast=0.4 saturation=0.4 hue=0
+                        colour jitter; 'jitter:S' sets brightness = contrast = saturation = S
+  cutout              size=8 fill=zero|mean p=1
+                        blank a random size x size square (may be clipped at the border)
+Presets: standard = hflip,crop:4; none = no augmentation.
+Example: flip,crop:4:reflect,cutout:8  or  crop:padding=4:mode=reflect"""
