@@ -1,0 +1,136 @@
+"""Model registry: ``@register_model`` factories, ``create_model(name, **options)``.
+
+A factory is a plain function named after the model that returns a
+:class:`~cnnlab.models.base.ClassifierModel`. ``create_model`` checks the options against the
+factory's signature (so a typo is a clear error, not a TypeError deep inside), fills in the
+defaults, and records the full set of arguments on the model as ``model.model_args``: a
+checkpoint that stores them can rebuild the architecture with ``create_model(**model_args)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models.base import ClassifierModel
+
+F = TypeVar("F", bound=Callable[..., ClassifierModel])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry entry.
+
+    Attributes:
+        name: the model name (the factory's function name).
+        family: a group such as ``vgg`` or ``resnet-cifar``.
+        description: first line of the factory's docstring.
+        factory: the function that builds the model.
+    """
+
+    name: str
+    family: str
+    description: str
+    factory: Callable[..., ClassifierModel]
+
+    def options(self) -> dict[str, Any]:
+        """The factory's options and their defaults."""
+        return {
+            p.name: p.default
+            for p in inspect.signature(self.factory).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(fn: F | None = None, *, family: str | None = None) -> F | Callable[[F], F]:
+    """Register a model factory under its function name.
+
+    Usable bare (``@register_model``) or with a family (``@register_model(family="vgg")``);
+    the family defaults to the defining module's name.
+
+    Raises:
+        CnnlabError: a model with the same name is already registered.
+    """
+
+    def decorate(f: F) -> F:
+        name = f.__name__
+        if name in _REGISTRY:
+            other = _REGISTRY[name].factory
+            raise CnnlabError(
+                f"model {name!r} is already registered (by {other.__module__}.{other.__qualname__}); "
+                "rename the new factory"
+            )
+        doc = (inspect.getdoc(f) or "").strip().splitlines()
+        _REGISTRY[name] = ModelInfo(
+            name=name,
+            family=family or f.__module__.rsplit(".", 1)[-1],
+            description=doc[0] if doc else "",
+            factory=f,
+        )
+        return f
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _lookup(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CnnlabError(f"unknown model {name!r}; {hint}run `cnnlab models` to list them")
+    return _REGISTRY[name]
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Names of the registered models, in registration order (smallest first per family).
+
+    Args:
+        family: only this family (e.g. ``"resnet-cifar"``).
+    """
+    return [n for n, info in _REGISTRY.items() if family is None or info.family == family]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``.
+
+    Raises:
+        CnnlabError: unknown name (with close matches).
+    """
+    return _lookup(name)
+
+
+def create_model(name: str, **options: Any) -> ClassifierModel:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        **options: factory options; all factories take ``num_classes``, ``in_chans``,
+            ``norm``, ``act``, ``dropout``, ``init`` and ``input_size``.
+
+    Returns:
+        The model, with ``model.model_args == {"name": name, **all_options}`` (defaults
+        filled in), so ``create_model(**model.model_args)`` rebuilds it.
+
+    Raises:
+        CnnlabError: unknown model or option, or a bad option value.
+    """
+    info = _lookup(name)
+    valid = info.options()
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        bad = unknown[0]
+        close = difflib.get_close_matches(bad, list(valid), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise CnnlabError(
+            f"model {name!r} has no option {bad!r}; {hint}valid options: {', '.join(valid)}"
+        )
+    args = {**valid, **options}
+    model = info.factory(**args)
+    model.model_args = {"name": name, **args}
+    return model
