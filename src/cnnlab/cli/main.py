@@ -19,7 +19,9 @@ from cnnlab.errors import CnnlabError
 # Order here is the order in `cnnlab --help`.
 COMMANDS: tuple[str, ...] = (
     "data",
+    "models",
     "train",
+    "use",
 )
 
 

@@ -1,9 +1,10 @@
 """A generated dataset for quick runs and tests: class-dependent shapes and colours.
 
 Class ``k`` draws shape ``k % 6`` (disk, square, triangle, cross, ring, bar) in colour
-``k // 6`` of a fixed palette, at a random position and size, on a noisy background. It
-is learnable in seconds by a small CNN but not by a linear model on raw pixels, and any
-(size, channels, classes) combination works. Everything follows from the seed.
+``k % 7`` of a fixed palette (a grey level for 1-channel images), at a random position and size,
+with a random brightness, on a noisy background. A small CNN learns it in seconds, so
+tests and smoke runs can check that training works; any (size, channels, classes)
+combination works. Everything follows from the seed.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 _SHAPES = 6
-# Foreground colours (RGB); grayscale uses their luma, so keep the lumas distinct.
+# Foreground colours: distinct hues for RGB images, distinct levels for grayscale ones.
 _PALETTE = np.array(
     [[230, 60, 50], [60, 200, 80], [70, 110, 240], [240, 220, 60], [200, 80, 220], [80, 220, 230], [250, 250, 250]],
     dtype=np.float32,
 )
+_GRAY_LEVELS = np.array([100, 200, 125, 225, 150, 250, 175], dtype=np.float32)
 
 
 def _shape_masks(kind: int, yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -59,11 +61,9 @@ def generate(n: int, classes: int, size: int, channels: int, noise: float, *, se
         cy = rng.uniform(r, size - r).astype(np.float32)
         cx = rng.uniform(r, size - r).astype(np.float32)
         mask = _shape_masks(k % _SHAPES, yy, xx, cy, cx, r)
-        colour = _PALETTE[(k // _SHAPES) % len(_PALETTE)]
-        if channels == 1:
-            colour = np.array([colour @ np.array([0.299, 0.587, 0.114], np.float32)])
+        colour = _PALETTE[k % len(_PALETTE)] if channels == 3 else _GRAY_LEVELS[k % len(_GRAY_LEVELS)][None]
         # Per-image brightness of the shape so that no single pixel value identifies a class.
-        gain = rng.uniform(0.75, 1.0, size=(m, 1, 1, 1)).astype(np.float32)
+        gain = rng.uniform(0.85, 1.0, size=(m, 1, 1, 1)).astype(np.float32)
         fg = colour.reshape(1, channels, 1, 1) * gain
         bg = background[idx].reshape(m, 1, 1, 1)
         img = np.where(mask[:, None], fg, bg) + rng.normal(0, noise, size=(m, channels, size, size)).astype(np.float32)

@@ -101,3 +101,88 @@ def training_curves(records: Sequence[dict], path: str | Path, *, title: str | N
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def confusion_plot(
+    confusion: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Save a confusion matrix as a heat map: colour = row-normalised rate, text = count.
+
+    Rows are true classes and columns predicted ones. Colouring by the fraction of each
+    row (the recall of the true class) keeps rare classes as visible as common ones;
+    the cell text gives the raw count.
+
+    Args:
+        confusion: (C, C) counts, rows true class, columns predicted class.
+        classes: the C class names.
+        path: the output file.
+        title: a title over the plot.
+    """
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.int64)
+    n = cm.shape[0]
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.5 * n + 2.0), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side), dpi=100)
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= 30:  # beyond that the numbers are unreadable; the colours still tell the story
+        size = 9 if n <= 10 else 7 if n <= 20 else 5
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=size,
+                            color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, labels=list(classes), rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=8)
+    ax.set_yticks(ticks, labels=list(classes), fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def captioned_grid(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    path: str | Path,
+    *,
+    columns: int = 6,
+    title: str | None = None,
+    cell_inches: float = 1.6,
+) -> Path:
+    """Save uint8 images (each (C, H, W), C = 1 or 3) in a grid, each with its own caption.
+
+    Args:
+        images: the images, filled in row by row.
+        captions: one (possibly multi-line) caption per image, shown above it.
+        path: the output file.
+        columns: images per row.
+        title: a title over the whole grid.
+        cell_inches: width of one cell.
+    """
+    plt = _pyplot()
+    count = max(len(images), 1)
+    cols = max(1, min(columns, count))
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell_inches * cols, (cell_inches + 0.35) * rows + 0.4), squeeze=False, dpi=100)
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= len(images):
+            ax.axis("off")
+            continue
+        img = np.asarray(images[k])
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
+        ax.set_title(captions[k], fontsize=7)
+    if not images:
+        axes[0][0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

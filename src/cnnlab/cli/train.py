@@ -1,0 +1,114 @@
+"""`cnnlab train`: train a model, from flags and/or a YAML config (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cnnlab.cli.common import add_data_args, data_overrides
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """Flags for every field of a RunConfig (None = not given, so YAML/defaults stay)."""
+    from cnnlab.data.augment_help import AUGMENT_HELP
+
+    add_data_args(parser)
+    parser.add_argument("--augment", metavar="SPEC", help="batched augmentation, e.g. flip,crop:4,cutout:8 or standard (see below)")
+    m = parser.add_argument_group("model")
+    m.add_argument("--model", metavar="NAME", help="a registered model (`cnnlab models`), default resnet20")
+    m.add_argument("--norm", help="batch | layer | instance | group[:G] | none")
+    m.add_argument("--act", help="relu | gelu | sigmoid | leaky_relu | silu | tanh")
+    m.add_argument("--dropout", type=float, metavar="P", help="dropout probability in the head")
+    m.add_argument("--init", help="kaiming | xavier | normal:STD | torch")
+    m.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="any other model option, e.g. spec=c32-p-c64-p (repeatable)")
+    m.add_argument("--no-prior-bias", action="store_true", help="do not set the classifier bias from the class priors")
+    o = parser.add_argument_group("optimizer and schedule")
+    o.add_argument("--optimizer", choices=("sgd", "adamw"))
+    o.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
+    o.add_argument("--momentum", type=float)
+    o.add_argument("--no-nesterov", action="store_true")
+    o.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, help="weight decay (not on norm parameters or biases)")
+    o.add_argument("--schedule", choices=("onecycle", "cosine", "step", "constant"))
+    o.add_argument("--warmup", type=float, metavar="EPOCHS", help="linear warmup epochs")
+    t = parser.add_argument_group("training")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--label-smoothing", type=float)
+    t.add_argument("--grad-clip", type=float, metavar="NORM")
+    t.add_argument("--ema", type=float, metavar="DECAY", help="evaluate an exponential moving average of the weights, e.g. 0.999")
+    t.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a lower validation loss")
+    t.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    t.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    t.add_argument("--balanced-sampling", action="store_true", help="sample training images inversely to class frequency")
+    t.add_argument("--train-subset", type=int, metavar="N", help="train on a stratified subset of N images")
+    t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
+    t.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (auto: bf16 on CUDA)")
+    t.add_argument("--channels-last", choices=("auto", "on", "off"))
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--tta", action="store_true", help="flip test-time augmentation in the final test evaluation")
+    t.add_argument("--checkpoint-minutes", type=float, help="also checkpoint mid-epoch this often (default 10)")
+    parser.epilog = AUGMENT_HELP
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Nested overrides for ``load_run_config`` from the parsed flags."""
+    from cnnlab.errors import CnnlabError
+
+    options = {}
+    for item in args.model_opt:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CnnlabError(f"--model-opt expects KEY=VALUE, got '{item}'")
+        options[key.strip()] = _parse_value(value)
+    flag = lambda v: True if v else None  # noqa: E731 - store_true flags override only when given
+    return {
+        "data": {**data_overrides(args), "augment": args.augment},
+        "model": {"name": args.model, "norm": args.norm, "act": args.act, "dropout": args.dropout, "init": args.init,
+                  "options": options or None, "prior_bias": False if args.no_prior_bias else None},
+        "optim": {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
+                  "nesterov": False if args.no_nesterov else None},
+        "schedule": {"name": args.schedule, "warmup_epochs": args.warmup},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+                  "label_smoothing": args.label_smoothing, "grad_clip": args.grad_clip, "ema": args.ema,
+                  "early_stopping": args.early_stopping, "deterministic": flag(args.deterministic),
+                  "class_weights": flag(args.class_weights), "balanced_sampling": flag(args.balanced_sampling),
+                  "train_subset": args.train_subset, "device": args.device, "amp": args.amp,
+                  "channels_last": args.channels_last, "compile": flag(args.compile), "tta": flag(args.tta),
+                  "checkpoint_minutes": args.checkpoint_minutes},
+    }  # fmt: skip
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model (run folder with metrics, curves, checkpoints and test accuracy)",
+        description="Train a CNN. Settings come from --config YAML and/or flags (flags win); the resolved "
+        "config is written to the run folder, so `cnnlab train --config RUN/config.yaml` repeats a run. "
+        "A killed or interrupted run continues exactly with --resume RUN.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="YAML", help="a run config (data/model/optim/schedule/train sections)")
+    parser.add_argument("--out", metavar="DIR", help="the run folder (default runs/<model>-<data>-<time>)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    add_run_args(parser)
+    parser.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cnnlab.config import load_run_config
+    from cnnlab.train.run import run_training
+
+    if args.resume:
+        run_training(resume=args.resume, verbose=not args.quiet)
+        return 0
+    cfg = load_run_config(args.config, run_overrides(args))
+    run_training(cfg, args.out, verbose=not args.quiet)
+    return 0

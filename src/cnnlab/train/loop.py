@@ -1,0 +1,193 @@
+"""One epoch of training, and evaluation: the two inner loops.
+
+Both keep their running sums on the device and synchronise with the host only every
+``sync_every`` steps (a ``.item()`` per step would stall a GPU). The epoch's progress
+lives in an :class:`EpochState` that is updated after every completed step, so a
+checkpoint taken between steps (or after a Ctrl-C, which only sets a flag) resumes the
+epoch exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.data.loader import DeviceLoader
+from cnnlab.train.optim import set_lr
+from cnnlab.train.runtime import Runtime, all_reduce_sum
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, lr: float) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step, self.lr = step, lr
+
+
+@dataclass
+class EpochState:
+    """Progress through the current epoch (what a mid-epoch checkpoint must hold)."""
+
+    batch: int = 0  # the next batch to train on
+    loss_sum: float = 0.0  # sum over seen images of the training loss
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0  # training time spent in this epoch so far
+
+    def as_dict(self) -> dict[str, float]:
+        return {"batch": self.batch, "loss_sum": self.loss_sum, "correct": self.correct, "count": self.count, "seconds": self.seconds}
+
+
+@dataclass
+class TrainStep:
+    """Everything a training step needs besides the batch."""
+
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    lr_at: Callable[[int], float]  # step -> learning rate
+    runtime: Runtime
+    grad_clip: float | None = None
+    ema: object | None = None  # cnnlab.train.ema.EMA
+    ema_target: nn.Module | None = None  # the unwrapped model the EMA averages
+    sync_every: int = 20
+    step: int = 0  # global optimisation step (drives the schedule)
+    stop: Callable[[], bool] = field(default=lambda: False)  # polled after every step
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DeviceLoader,
+    ts: TrainStep,
+    state: EpochState,
+    *,
+    on_step: Callable[[EpochState], None] | None = None,
+    progress=None,  # noqa: ANN001 - cnnlab.train.progress.EpochProgress
+) -> bool:
+    """Train from ``state.batch`` to the end of the epoch (or until ``ts.stop()``).
+
+    Returns:
+        True when the epoch finished, False when it stopped early on request.
+
+    Raises:
+        NonFiniteLoss: the loss became NaN/inf (the weights of that step are not kept
+            in any checkpoint, because checkpoints are taken only after a sync).
+    """
+    model.train()
+    device = ts.runtime.device
+    loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=device)
+    correct = torch.tensor(state.correct, dtype=torch.float64, device=device)
+    count = state.count
+    since_sync = 0
+    tic = time.perf_counter()
+    base_seconds = state.seconds
+    images_at_start = count
+
+    def sync() -> None:
+        nonlocal since_sync
+        state.loss_sum, state.correct = loss_sum.item(), correct.item()
+        if not math.isfinite(state.loss_sum):
+            raise NonFiniteLoss(ts.step, ts.optimizer.param_groups[0]["lr"])
+        state.count = count
+        state.seconds = base_seconds + time.perf_counter() - tic
+        since_sync = 0
+
+    for x, y in loader.iter_from(state.batch):
+        lr = ts.lr_at(ts.step)
+        set_lr(ts.optimizer, lr)
+        with ts.runtime.autocast():
+            logits = model(x)
+            loss = ts.loss_fn(logits.float(), y)
+        ts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if ts.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
+        ts.optimizer.step()
+        if ts.ema is not None:
+            ts.ema.update(ts.ema_target)
+        n = y.shape[0]
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        count += n
+        ts.step += 1
+        state.batch += 1
+        since_sync += 1
+        stop = ts.stop()
+        if since_sync >= ts.sync_every or state.batch == len(loader) or stop or ts.runtime.device.type == "cpu":
+            sync()
+            if progress is not None:
+                elapsed = max(state.seconds - base_seconds, 1e-9)
+                progress.update(state.batch, state.loss_sum / state.count, state.correct / state.count, (count - images_at_start) / elapsed)
+            if on_step is not None:
+                on_step(state)
+        if stop:
+            return False
+    sync()
+    return True
+
+
+@dataclass
+class EvalResult:
+    """Loss and accuracy over a split (summed over all processes)."""
+
+    loss: float
+    acc: float
+    top5: float | None
+    n: int
+    logits: torch.Tensor | None = None  # (n, classes) on the CPU, when kept
+    labels: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, runtime: Runtime, *, tta: bool = False, keep_outputs: bool = False
+) -> EvalResult:
+    """Mean cross-entropy, top-1 and top-5 accuracy of ``model`` on ``loader``.
+
+    Args:
+        tta: test-time augmentation: average the softmax of the image and its mirror image.
+        keep_outputs: also return the logits (log-probabilities with ``tta``) and labels.
+    """
+    was_training = model.training
+    model.eval()
+    device = runtime.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    correct5 = torch.zeros((), dtype=torch.float64, device=device)
+    outputs, labels = [], []
+    n = 0
+    num_classes = None
+    for x, y in loader:
+        with runtime.autocast():
+            logits = model(x).float()
+            if tta:
+                probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
+                logits = probs.clamp_min(1e-12).log()
+        num_classes = logits.shape[1]
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        if num_classes > 5:
+            correct5 += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
+        n += y.shape[0]
+        if keep_outputs:
+            outputs.append(logits.cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    total_loss, total_correct, total_correct5, total_n = all_reduce_sum(
+        [loss_sum.item(), correct.item(), correct5.item(), float(n)], runtime
+    )
+    total_n = max(total_n, 1.0)
+    return EvalResult(
+        loss=total_loss / total_n,
+        acc=total_correct / total_n,
+        top5=total_correct5 / total_n if num_classes and num_classes > 5 else None,
+        n=int(total_n),
+        logits=torch.cat(outputs) if keep_outputs and outputs else None,
+        labels=torch.cat(labels) if keep_outputs and labels else None,
+    )
