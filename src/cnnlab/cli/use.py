@@ -1,0 +1,182 @@
+"""`cnnlab eval`, `cnnlab predict`, `cnnlab export`: use a trained model."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnlab.cli.common import add_data_args, data_overrides
+
+_MODEL_HELP = "a run folder (uses its best.pt, else last.pt), a .pt checkpoint or a .safetensors export"
+
+EVAL_EPILOG = """\
+By default the model is evaluated on the test split of the data it was trained on (rebuilt
+from the run's config, so the held-out splits are the same) and the results go into the run
+folder. Evaluating another split or other data writes to RUN/eval-<split> or
+RUN/eval-<data>-<split> instead, so the run's own results are never overwritten.
+
+examples:
+  cnnlab eval runs/simple-fashion-mnist-20250101-120000
+  cnnlab eval runs/myrun/best.pt --split val --tta
+  cnnlab eval runs/myrun --data ~/photos/labelled --out /tmp/photos-eval
+"""
+
+PREDICT_EPILOG = """\
+Each file is decoded exactly as the training images were (EXIF rotation, colour mode,
+shorter side resized to the model's input size, centre crop) and normalised with the
+training mean/std stored in the checkpoint. Folders are searched recursively for image
+files (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm .pbm). A file that cannot be
+read gets an error line and the others are still predicted; the exit code is then 1.
+
+examples:
+  cnnlab predict runs/myrun shoe.jpg bag.png
+  cnnlab predict runs/myrun/best.pt photos/ --topk 5
+  cnnlab predict model.safetensors photos/ --json > predictions.jsonl
+"""
+
+EXPORT_EPILOG = """\
+formats:
+  onnx         ONNX graph with a dynamic batch dimension (input "images", output "logits");
+               needs onnx + onnxscript, checked with onnxruntime when installed
+  torchscript  traced TorchScript module (loading it runs code: share with care)
+  safetensors  the weights only, safe to load from anyone; its header holds the model
+               arguments, class names and mean/std, so the file alone rebuilds the model
+               (cnnlab.infer.export.load_safetensors_model) and works with eval/predict
+
+Every export is loaded back and compared with PyTorch on a check batch (of another batch
+size than the traced one); the export fails if any logit differs by more than 1e-4.
+Every file carries the same metadata (key "cnnlab", JSON). The models take images
+normalised with that mean/std, in C x H x W layout.
+
+examples:
+  cnnlab export runs/myrun --format onnx                # writes runs/myrun/best.onnx
+  cnnlab export runs/myrun/last.pt --format safetensors -o model.safetensors
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a trained model: accuracy, per-class table, confusion matrix, top losses",
+        description="Evaluate a trained model on a split: accuracy, top-5 (more than 5 classes), per-class "
+        "precision / recall (= per-class accuracy) / F1, the most confused pairs; writes eval.json, "
+        "confusion.png and top_losses.png (the most confidently wrong images).",
+        epilog=EVAL_EPILOG, formatter_class=fmt,
+    )  # fmt: skip
+    ev.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
+    ev.add_argument("--split", default="test", choices=("test", "val", "train"), help="the split to evaluate (default test)")
+    ev.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror image")
+    ev.add_argument("--out", metavar="DIR", help="folder for eval.json, confusion.png, top_losses.png (default: see below)")
+    ev.add_argument("--top-losses", type=int, default=24, metavar="N", help="images in top_losses.png (default 24)")
+    _add_runtime_args(ev, "the run's eval batch size")
+    add_data_args(ev)
+    ev.set_defaults(func=_eval)
+
+    pr = subparsers.add_parser(
+        "predict", help="predict the classes of image files or folders",
+        description="Predict the top-k classes of image files, preprocessed exactly as the training images.",
+        epilog=PREDICT_EPILOG, formatter_class=fmt,
+    )  # fmt: skip
+    pr.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    pr.add_argument("--topk", type=int, default=3, metavar="K", help="classes to show per image (default 3)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    _add_runtime_args(pr, "256")
+    pr.set_defaults(func=_predict)
+
+    ex = subparsers.add_parser(
+        "export", help="export a trained model to ONNX, TorchScript or safetensors",
+        description="Export a trained model, verify the export against PyTorch, and write it next to the "
+        "checkpoint (or to -o).", epilog=EXPORT_EPILOG, formatter_class=fmt,
+    )  # fmt: skip
+    ex.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"), help="the export format")
+    ex.add_argument("-o", "--output", metavar="PATH", help="the file (or folder) to write (default: next to the checkpoint)")
+    ex.set_defaults(func=_export)
+
+
+def _add_runtime_args(parser: argparse.ArgumentParser, batch_default: str) -> None:
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available) | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=int, metavar="N", help=f"images per forward pass (default: {batch_default})")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnlab.infer.evaluate import evaluate_checkpoint, write_report
+
+    report = evaluate_checkpoint(args.checkpoint, data=data_overrides(args), split=args.split, tta=args.tta,
+                                 device=args.device, batch_size=args.batch_size)  # fmt: skip
+    paths = write_report(report, args.out, limit=args.top_losses)
+    console = Console()
+    m = report.metrics
+    tta = " with flip TTA" if report.tta else ""
+    where = f"{report.data_name}, {report.split} split ({m.n} images){tta}"
+    console.print(f"[bold]{report.model}[/] ({report.checkpoint}) on {where}", soft_wrap=True)
+    top5 = f"   top-5 {m.top5:.2%}" if m.top5 is not None else ""
+    console.print(f"accuracy [bold]{m.accuracy:.2%}[/]{top5}   loss {report.loss:.4f}   macro F1 {m.macro['f1']:.4f}")
+    table = Table("class", "support", "precision", "recall (acc)", "F1")
+    for name, p, r, f, s in zip(m.classes, m.precision, m.recall, m.f1, m.support):
+        table.add_row(name, str(int(s)), f"{p:.3f}", f"{r:.3f}", f"{f:.3f}")
+    table.add_section()
+    table.add_row("macro average", str(m.n), *(f"{m.macro[k]:.3f}" for k in ("precision", "recall", "f1")))
+    console.print(table)
+    confused = m.most_confused(3)
+    if confused:
+        console.print("most confused: " + "; ".join(f"{t} -> {p} ({c})" for t, p, c in confused))
+    for note in report.warnings:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"wrote {paths['json']}, {paths['confusion'].name}, {paths['top_losses'].name}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.infer.predict import find_images, load_predictor
+
+    if args.topk < 1:
+        raise CnnlabError(f"--topk must be at least 1, got {args.topk}")
+    files = find_images(args.paths)  # before loading the model: a typo fails fast
+    predictor = load_predictor(args.checkpoint, device=args.device)
+    predictions = predictor.predict_files(files, topk=args.topk, batch_size=args.batch_size or 256)
+    failed = 0
+    if args.json:
+        for p in predictions:
+            failed += p.error is not None
+            print(json.dumps(p.as_dict()), flush=True)
+        return 1 if failed else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    k = min(args.topk, len(predictor.classes))
+    table = Table()
+    table.add_column("file", overflow="fold")  # a path is useless when cut short
+    for title in ("prediction", "prob") if k == 1 else [f"#{i + 1}" for i in range(k)]:
+        table.add_column(title)
+    for p in predictions:
+        if p.error is not None:
+            failed += 1
+            table.add_row(p.path, f"[red]error: {p.error}[/]")
+        elif k == 1:
+            table.add_row(p.path, p.classes[0], f"{p.probs[0]:.1%}")
+        else:
+            table.add_row(p.path, *(f"{c} {q:.1%}" for c, q in zip(p.classes, p.probs)))
+    console = Console()
+    console.print(table)
+    if failed:
+        console.print(f"[red]{failed} of {len(files)} file(s) could not be read[/]")
+    return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cnnlab.infer.export import export_model
+
+    result = export_model(args.checkpoint, args.format, args.output)
+    if result.max_abs_diff is not None:
+        check = f"checked with {result.checked_with}: max |diff| vs PyTorch {result.max_abs_diff:.2e}"
+    else:
+        check = result.note or "not checked"
+    print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.2f} MB; {check})")
+    return 0

@@ -1,0 +1,278 @@
+"""Predict classes of image files with a trained model, preprocessed exactly as in training.
+
+A model must see new images the way it saw its training images, or its accuracy on
+them is meaningless. Two things make that so here:
+
+- decoding: every file goes through the same function the image-folder cache uses
+  (:func:`cnnlab.data.images._decode`: EXIF rotation, mode conversion including 16-bit,
+  alpha and CMYK, shorter side resized, centre crop) with the channels and size of the
+  checkpoint's ``image_shape``;
+- normalisation: the uint8 images are batched by the same :class:`DeviceLoader` that fed
+  evaluation during training, with the training split's mean/std stored in the
+  checkpoint (never statistics of the new images).
+
+A PNG written from a dataset image therefore gets exactly the logits the in-memory image
+got during evaluation (``tests/infer`` checks this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.data.images import IMAGE_SUFFIXES, _decode, _parallel_map
+from cnnlab.data.loader import DeviceLoader
+from cnnlab.data.sources import ImageSet
+from cnnlab.errors import CnnlabError
+from cnnlab.train.runtime import Runtime
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file a path names: a file itself, or a run folder's best.pt, else last.pt.
+
+    Raises:
+        CnnlabError: the path does not exist, or the folder holds no checkpoint.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CnnlabError(f"{path} holds no checkpoint (best.pt or last.pt); pass a run folder or a .pt/.safetensors file")
+    if not path.is_file():
+        raise CnnlabError(f"checkpoint {path} does not exist; pass a run folder or a .pt/.safetensors file")
+    return path
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image file, or why it could not be read.
+
+    Attributes:
+        path: the file.
+        indices: class indices, most probable first (empty on error).
+        classes: their names.
+        probs: their softmax probabilities.
+        error: why the file could not be used (None on success).
+    """
+
+    path: str
+    indices: tuple[int, ...] = ()
+    classes: tuple[str, ...] = ()
+    probs: tuple[float, ...] = ()
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for a JSON line."""
+        if self.error is not None:
+            return {"file": self.path, "error": self.error}
+        top = [{"class": c, "index": i, "prob": p} for c, i, p in zip(self.classes, self.indices, self.probs)]
+        return {"file": self.path, "predictions": top}
+
+
+@dataclass
+class Predictor:
+    """A trained model ready for inference, with what it needs to preprocess inputs.
+
+    Attributes:
+        model: the network, in eval mode, on ``runtime.device``.
+        model_args: ``create_model`` arguments that rebuild it (``{"name": ..., ...}``).
+        data: the checkpoint's data description: ``mean``, ``std`` (training split, [0, 1]
+            units), ``classes``, ``image_shape`` [C, H, W], ``source``, ``fingerprint``.
+        config: the training run's configuration as plain data (None when unknown).
+        path: the file the model was loaded from.
+        runtime: device and precision.
+    """
+
+    model: nn.Module
+    model_args: dict[str, Any]
+    data: dict[str, Any]
+    config: dict[str, Any] | None
+    path: Path
+    runtime: Runtime
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names, indexed by the model's output."""
+        return tuple(self.data["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) the model was trained on."""
+        c, h, w = (int(v) for v in self.data["image_shape"])
+        return c, h, w
+
+    def loader(self, images: ImageSet, batch_size: int) -> DeviceLoader:
+        """Evaluation batches of ``images``, normalised with the training statistics."""
+        return DeviceLoader(images, batch_size=batch_size, mean=self.data["mean"], std=self.data["std"], train=False,
+                            device=self.runtime.device, channels_last=self.runtime.channels_last)  # fmt: skip
+
+    @torch.no_grad()
+    def predict_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities of uint8 images.
+
+        Args:
+            images: uint8 (N, C, H, W) with the checkpoint's image shape.
+            batch_size: images per forward pass.
+
+        Returns:
+            float32 (N, classes) softmax probabilities.
+        """
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+            want = "x".join(map(str, self.image_shape))
+            raise CnnlabError(f"expected uint8 images of shape N x {want}, got {images.dtype} {tuple(images.shape)}")
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        dummy = ImageSet(images, np.zeros(len(images), np.int64), self.classes)
+        out = []
+        for x, _ in self.loader(dummy, batch_size):
+            with self.runtime.autocast():
+                logits = self.model(x)
+            out.append(logits.float().softmax(1).cpu())
+        return torch.cat(out).numpy()
+
+    def predict_files(self, paths: Sequence[str | Path], *, topk: int = 3, batch_size: int = 256) -> Iterator[Prediction]:
+        """Top-k predictions of image files, in the order given.
+
+        Files are decoded in worker processes (for many files) and classified in batches;
+        a file that cannot be decoded yields a :class:`Prediction` with ``error`` set
+        instead of stopping the others.
+        """
+        c, h, w = self.image_shape
+        if h != w:  # the decoder makes square images, as the training cache did
+            raise CnnlabError(f"the model expects {h}x{w} images; only square image shapes can be predicted from files")
+        k = max(1, min(topk, len(self.classes)))
+        jobs = [(str(p), h, c) for p in paths]
+        pending: list[tuple[str, np.ndarray | None, str | None]] = []
+        for (file, _, _), (arr, err) in zip(jobs, _parallel_map(_decode, jobs, "decoding")):
+            pending.append((file, arr, err))
+            if len(pending) == batch_size:
+                yield from self._classify(pending, k, batch_size)
+                pending = []
+        yield from self._classify(pending, k, batch_size)
+
+    def _classify(self, items: list[tuple[str, np.ndarray | None, str | None]], k: int, batch_size: int) -> Iterator[Prediction]:
+        good = [arr for _, arr, _ in items if arr is not None]
+        probs = self.predict_images(np.stack(good), batch_size) if good else np.zeros((0, len(self.classes)))
+        row = 0
+        for file, arr, err in items:
+            if arr is None:
+                yield Prediction(file, error=_short_error(err or "unreadable"))
+                continue
+            p = probs[row]
+            row += 1
+            top = np.argsort(-p, kind="stable")[:k]
+            yield Prediction(file, tuple(int(i) for i in top), tuple(self.classes[i] for i in top),
+                             tuple(float(p[i]) for i in top))  # fmt: skip
+
+
+def _short_error(reason: str) -> str:
+    """A one-line reason without PIL's repetition of the file name."""
+    if "cannot identify image file" in reason:
+        return "not an image (unknown or unsupported format)"
+    return reason.splitlines()[0][:200]
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand folders into their image files (recursively, sorted); keep files as given.
+
+    Files named directly are kept whatever their suffix, so a misnamed image still gets
+    predicted and a non-image gets a per-file error; inside folders only files with an
+    image suffix (``.png``, ``.jpg``, ...) are taken.
+
+    Raises:
+        CnnlabError: a path does not exist, or a folder holds no image files.
+    """
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))  # fmt: skip
+            if not files:
+                raise CnnlabError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {p}")
+            found += files
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise CnnlabError(f"{p} does not exist; pass image files or folders of images")
+    return found
+
+
+def read_image(path: str | Path, image_shape: Sequence[int]) -> np.ndarray:
+    """Decode one file as training did: uint8 (C, H, W) with the given shape.
+
+    Raises:
+        CnnlabError: the file is missing, not an image, or corrupt.
+    """
+    c, h, _ = (int(v) for v in image_shape)
+    arr, err = _decode((str(path), h, c))
+    if arr is None:
+        raise CnnlabError(f"{path}: {_short_error(err or 'unreadable')}")
+    return arr
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether a file is a TorchScript archive (a zip with compiled code), not a checkpoint."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _runtime(device: str) -> Runtime:
+    from cnnlab.config import TrainConfig
+    from cnnlab.train.runtime import resolve_runtime
+
+    return resolve_runtime(TrainConfig(device=device))
+
+
+def load_predictor(path: str | Path, *, device: str = "auto") -> Predictor:
+    """Load a model for inference from a run folder, a ``.pt`` checkpoint or a ``.safetensors`` export.
+
+    Checkpoints are read with ``weights_only`` and safetensors files hold only tensors and
+    JSON, so loading an untrusted file runs no code from it.
+
+    Args:
+        path: run folder (its best.pt, else last.pt), checkpoint or safetensors file.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        CnnlabError: missing, corrupt or non-cnnlab file; weights that do not fit.
+    """
+    file = resolve_checkpoint(path)
+    runtime = _runtime(device)
+    if file.suffix.lower() == SAFETENSORS_SUFFIX:
+        from cnnlab.infer.export import load_safetensors_model
+
+        model, meta = load_safetensors_model(file)
+        model_args, data, config = meta["model_args"], meta["data"], meta.get("config")
+    else:
+        from cnnlab.train.checkpoint import load_checkpoint
+        from cnnlab.train.run import model_from_checkpoint
+
+        if _is_torchscript(file):
+            raise CnnlabError(f"{file} is a TorchScript export, which cnnlab does not load (it would run code "
+                              "from the file); use the run's .pt checkpoint or a .safetensors export")  # fmt: skip
+        state = load_checkpoint(file)
+        missing = [k for k in ("model_args", "data") if k not in state]
+        if missing or not state["model_args"].get("name"):
+            raise CnnlabError(f"{file} lacks {', '.join(missing) or 'the model name'}; it was not written by `cnnlab train`")
+        model = model_from_checkpoint(state)
+        model_args, data, config = dict(state["model_args"]), dict(state["data"]), state.get("config")
+    model.eval().to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return Predictor(model, model_args, data, config, file, runtime)
+
