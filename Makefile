@@ -6,6 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= test
+# The demo: a small, fast CNN (0.25M parameters), ~5 minutes on 2 CPU cores.
+DEMO_SPEC   ?= c32-p-c96-p-c192-p-fc256
+DEMO_EPOCHS ?= 6
 
 .PHONY: demo test install dataset bench clean
 
@@ -20,13 +23,15 @@ dataset:
 	@bash scripts/ensure-fashion-mnist.sh
 
 demo: install dataset
-	$(BIN)/cnnlab train --data fashion-mnist --model simple --epochs 3 --augment standard --out runs/demo
+	$(BIN)/cnnlab train --data fashion-mnist --model simple --model-opt spec=$(DEMO_SPEC) \
+	  --augment flip --label-smoothing 0.1 --epochs $(DEMO_EPOCHS) --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install dataset
 	$(BIN)/python -m pytest -q
 
 bench: install dataset
 	$(BIN)/python bench/bench_loader.py
+	$(BIN)/python bench/bench_train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -126,7 +126,7 @@ class TrainConfig:
     train_subset: int | None = None  # use only this many training images (stratified)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    channels_last: str = "auto"  # auto (= on, CPU and CUDA) | on | off
     compile: bool = False  # torch.compile the model
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: only at epoch ends)
     tta: bool = False  # test-time augmentation (horizontal flip) in the final evaluation

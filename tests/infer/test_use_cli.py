@@ -72,7 +72,9 @@ def test_export_cli_writes_next_to_the_checkpoint(run_copy: Path, capsys: pytest
     pytest.importorskip("safetensors", reason="needs the safetensors package (pip install safetensors)")
     assert main(["export", str(run_copy / "last.pt"), "--format", "safetensors"]) == 0
     assert (run_copy / "last.safetensors").is_file()
-    assert "max |diff| vs PyTorch 0.00e+00" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # same weights; only the conv kernels' memory format may differ (float rounding)
+    assert float(out.split("max |diff| vs PyTorch ")[1].split(")")[0]) < 1e-5
     # the export is a model file of its own: eval and predict accept it
     assert main(["eval", str(run_copy / "last.safetensors"), "--split", "val"]) == 0
     assert (run_copy / "eval-val" / "eval.json").is_file()

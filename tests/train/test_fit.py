@@ -50,6 +50,20 @@ def test_run_folder_contents(finished_run) -> None:
     assert len(best["data"]["mean"]) == 1 and best["model_args"]["name"] == "simple"
 
 
+def test_tensorboard_events_hold_every_epoch(finished_run) -> None:
+    pytest.importorskip("tensorboard", reason="needs tensorboard (pip install 'cnnlab[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = finished_run
+    events = EventAccumulator(str(run))
+    events.Reload()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key, tag in (("train_loss", "train/loss"), ("val_acc", "val/acc"), ("lr", "lr")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2, 3, 4, 5]
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in records], rel=1e-6)
+
+
 def test_config_yaml_reproduces_the_run(finished_run, tmp_path) -> None:
     run, summary = finished_run
     again = tmp_path / "again"

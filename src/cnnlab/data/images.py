@@ -164,7 +164,7 @@ def _convert(im, channels: int):  # noqa: ANN001, ANN202
     return im.convert("L" if channels == 1 else "RGB")
 
 
-def _decode(args: tuple[str, int, int]) -> tuple[np.ndarray | None, str | None]:
+def decode_image(args: tuple[str, int, int]) -> tuple[np.ndarray | None, str | None]:
     """Decode one file to a uint8 (C, size, size) array, or return the reason it failed."""
     from PIL import Image, ImageOps
 
@@ -187,7 +187,7 @@ def _decode(args: tuple[str, int, int]) -> tuple[np.ndarray | None, str | None]:
     return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), None
 
 
-def _parallel_map(fn: Callable, items: Sequence, description: str) -> Iterable:
+def parallel_map(fn: Callable, items: Sequence, description: str) -> Iterable:
     """Map ``fn`` over ``items`` in worker processes (in order), with a progress bar on a terminal."""
     workers = min(os.cpu_count() or 1, 8)
     show = sys.stderr.isatty()
@@ -223,7 +223,7 @@ def _build_or_load(items: list[Item], classes: tuple[str, ...], source: Path, cf
     from cnnlab.io import cache_dir
 
     start = time.perf_counter()
-    probes = list(_parallel_map(_probe, [p for p, _, _ in items], f"reading {source.name}"))
+    probes = list(parallel_map(_probe, [p for p, _, _ in items], f"reading {source.name}"))
     skipped = [(p, err) for (p, _, _), (_, _, _, err) in zip(items, probes) if err]
     good = [(item, probe) for item, probe in zip(items, probes) if not probe[3]]
     if not good:
@@ -274,7 +274,7 @@ def _write_cache(folder: Path, items: list[Item], classes: tuple[str, ...], size
         keep: list[int] = []
         skipped: list[tuple[str, str]] = []
         jobs = [(path, size, channels) for path, _, _ in items]
-        for i, (arr, err) in enumerate(_parallel_map(_decode, jobs, f"decoding {source.name}")):
+        for i, (arr, err) in enumerate(parallel_map(decode_image, jobs, f"decoding {source.name}")):
             if err is not None:
                 skipped.append((items[i][0], err))
                 continue

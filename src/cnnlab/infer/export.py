@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.infer.predict import Predictor, load_predictor, resolve_checkpoint
+from cnnlab.infer.predict import Predictor, load_predictor
+from cnnlab.train.checkpoint import resolve_checkpoint
 from cnnlab.io import atomic_path
 
 log = logging.getLogger(__name__)

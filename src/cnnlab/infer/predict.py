@@ -4,7 +4,7 @@ A model must see new images the way it saw its training images, or its accuracy 
 them is meaningless. Two things make that so here:
 
 - decoding: every file goes through the same function the image-folder cache uses
-  (:func:`cnnlab.data.images._decode`: EXIF rotation, mode conversion including 16-bit,
+  (:func:`cnnlab.data.images.decode_image`: EXIF rotation, mode conversion including 16-bit,
   alpha and CMYK, shorter side resized, centre crop) with the channels and size of the
   checkpoint's ``image_shape``;
 - normalisation: the uint8 images are batched by the same :class:`DeviceLoader` that fed
@@ -26,30 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.data.images import IMAGE_SUFFIXES, _decode, _parallel_map
+from cnnlab.data.images import IMAGE_SUFFIXES, decode_image, parallel_map
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.data.sources import ImageSet
 from cnnlab.errors import CnnlabError
 from cnnlab.train.runtime import Runtime
+from cnnlab.train.checkpoint import resolve_checkpoint
 
 SAFETENSORS_SUFFIX = ".safetensors"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file a path names: a file itself, or a run folder's best.pt, else last.pt.
-
-    Raises:
-        CnnlabError: the path does not exist, or the folder holds no checkpoint.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CnnlabError(f"{path} holds no checkpoint (best.pt or last.pt); pass a run folder or a .pt/.safetensors file")
-    if not path.is_file():
-        raise CnnlabError(f"checkpoint {path} does not exist; pass a run folder or a .pt/.safetensors file")
-    return path
 
 
 @dataclass
@@ -153,7 +137,7 @@ class Predictor:
         k = max(1, min(topk, len(self.classes)))
         jobs = [(str(p), h, c) for p in paths]
         pending: list[tuple[str, np.ndarray | None, str | None]] = []
-        for (file, _, _), (arr, err) in zip(jobs, _parallel_map(_decode, jobs, "decoding")):
+        for (file, _, _), (arr, err) in zip(jobs, parallel_map(decode_image, jobs, "decoding")):
             pending.append((file, arr, err))
             if len(pending) == batch_size:
                 yield from self._classify(pending, k, batch_size)
@@ -214,7 +198,7 @@ def read_image(path: str | Path, image_shape: Sequence[int]) -> np.ndarray:
         CnnlabError: the file is missing, not an image, or corrupt.
     """
     c, h, _ = (int(v) for v in image_shape)
-    arr, err = _decode((str(path), h, c))
+    arr, err = decode_image((str(path), h, c))
     if arr is None:
         raise CnnlabError(f"{path}: {_short_error(err or 'unreadable')}")
     return arr

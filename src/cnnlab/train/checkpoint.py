@@ -35,6 +35,23 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file a path names: a file itself, or a run folder's best.pt, else last.pt.
+
+    Raises:
+        CnnlabError: the path does not exist, or the folder holds no checkpoint.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CnnlabError(f"{path} holds no checkpoint (best.pt or last.pt); pass a run folder or a .pt/.safetensors file")
+    if not path.is_file():
+        raise CnnlabError(f"checkpoint {path} does not exist; pass a run folder or a .pt/.safetensors file")
+    return path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` without running code from it.
 
@@ -42,16 +59,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         CnnlabError: missing, truncated, corrupt or tampered file (a file that tries to
             load any Python object other than tensors and plain containers).
     """
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CnnlabError(f"{path} holds no checkpoint (best.pt or last.pt)")
-    if not path.is_file():
-        raise CnnlabError(f"checkpoint {path} does not exist")
+    path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -195,6 +195,8 @@ def fit(
         writer = RunWriter(run_dir, cfg, start_epoch=epoch)
     meta = {"config": to_dict(cfg), "model_args": dict(getattr(raw_model, "model_args", {}) or {}),
             "data": data_meta(splits), "version": __version__}  # fmt: skip
+    curves_title = f"{cfg.model.name} on {cfg.data.source}" + (
+        f" (training loss includes label smoothing {tc.label_smoothing:g})" if tc.label_smoothing else "")
     eval_model = (lambda: ema.module) if ema is not None else (lambda: model)
 
     def save_last(state: EpochState, next_epoch: int) -> None:
@@ -283,7 +285,7 @@ def fit(
             save_last(epoch_state, epoch)
             last_save = time.monotonic()
             if writer is not None:
-                writer.write_epoch(history.records, title=f"{meta['model_args'].get('name', '')} on {splits.name}")
+                writer.write_epoch(history.records, title=curves_title)
             barrier(runtime)
             if stop_now:
                 break

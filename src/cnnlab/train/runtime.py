@@ -65,7 +65,9 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     amp = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bf16": torch.bfloat16, "off": None}[cfg.amp]
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    # auto: channels_last everywhere; measured 15-55% faster per step than NCHW on CPU too
+    # (bench/bench_train.py), and the usual win for cuDNN with bf16 on CUDA.
+    channels_last = cfg.channels_last in ("on", "auto")
     if world_size > 1:
         import torch.distributed as dist
 
