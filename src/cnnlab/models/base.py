@@ -81,6 +81,26 @@ class ClassifierModel(nn.Module):
         return groups
 
 
+class PooledLinearHead(ClassifierModel):
+    """The ResNet-family head: global average pool -> dropout -> FC.
+
+    Subclasses provide the modules ``avgpool``, ``drop`` and ``fc`` (and
+    ``num_features``); the head methods of the contract follow from them.
+    """
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(torch.flatten(self.avgpool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        w = self.fc.weight
+        self.fc = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
+        self._record_num_classes(num_classes)
+
+
 def check_common(num_classes: int, in_chans: int, input_size: int) -> None:
     """Validate the options every model factory shares.
 

@@ -83,13 +83,10 @@ class ActivationRecord:
     sample: torch.Tensor = field(repr=False, compare=False)
 
 
-@dataclass(frozen=True)
-class ActivationReport:
-    """Per-layer activation statistics of one batch (see the module docstring)."""
+class _Flagged:
+    """The layers a report flags (``layers`` items carry ``name`` and ``flag``)."""
 
-    input_mean: float
-    input_std: float
-    layers: list[ActivationRecord]
+    layers: list
 
     @property
     def vanishing(self) -> list[str]:
@@ -100,6 +97,15 @@ class ActivationReport:
     def exploding(self) -> list[str]:
         """Names of the layers flagged exploding."""
         return [r.name for r in self.layers if r.flag == "exploding"]
+
+
+@dataclass(frozen=True)
+class ActivationReport(_Flagged):
+    """Per-layer activation statistics of one batch (see the module docstring)."""
+
+    input_mean: float
+    input_std: float
+    layers: list[ActivationRecord]
 
 
 @dataclass(frozen=True)
@@ -128,21 +134,11 @@ class GradientRecord:
 
 
 @dataclass(frozen=True)
-class GradientReport:
+class GradientReport(_Flagged):
     """Per-layer weight-gradient norms of one backward pass."""
 
     loss: float
     layers: list[GradientRecord]
-
-    @property
-    def vanishing(self) -> list[str]:
-        """Names of the layers flagged vanishing."""
-        return [r.name for r in self.layers if r.flag == "vanishing"]
-
-    @property
-    def exploding(self) -> list[str]:
-        """Names of the layers flagged exploding."""
-        return [r.name for r in self.layers if r.flag == "exploding"]
 
 
 def noise_batch(input_shape: tuple[int, int, int], n: int = 64, seed: int = 0) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.base import ClassifierModel, check_common
+from cnnlab.models.base import PooledLinearHead, check_common
 from cnnlab.models.init import init_weights
 from cnnlab.models.layers import (
     ActLayer, NormLayer, check_dropout, get_act_layer, get_dropout, get_norm_layer, is_no_norm,
@@ -130,7 +130,7 @@ def _zero_last(skip: bool, norm: nn.Module, conv: nn.Conv2d) -> bool:
     return True
 
 
-class ResNet(ClassifierModel):
+class ResNet(PooledLinearHead):
     """Stem -> stages of residual (or plain) blocks -> global pool -> dropout -> FC.
 
     Args:
@@ -206,18 +206,6 @@ class ResNet(ClassifierModel):
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(torch.flatten(self.avgpool(x), 1))
-        return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        w = self.fc.weight
-        self.fc = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
-        self._record_num_classes(num_classes)
 
 
 _IMAGENET: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {

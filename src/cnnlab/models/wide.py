@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.base import ClassifierModel, check_common
+from cnnlab.models.base import PooledLinearHead, check_common
 from cnnlab.models.init import init_weights
 from cnnlab.models.layers import (
     ActLayer, NormLayer, check_dropout, get_act_layer, get_dropout, get_norm_layer, is_no_norm,
@@ -58,7 +58,7 @@ class PreActBlock(nn.Module):
         return True
 
 
-class WideResNet(ClassifierModel):
+class WideResNet(PooledLinearHead):
     """WRN-depth-widen (see the module docstring).
 
     Args:
@@ -107,18 +107,6 @@ class WideResNet(ClassifierModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         return self.act(self.norm(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(torch.flatten(self.avgpool(x), 1))
-        return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        w = self.fc.weight
-        self.fc = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
-        self._record_num_classes(num_classes)
 
 
 def _wrn(depth: int, widen: int, num_classes: int, in_chans: int, norm: str, act: str, dropout: float,
