@@ -38,6 +38,7 @@ class DataConfig:
     channels: int | None = None  # 1 or 3; None keeps the source's own
     augment: str = ""  # batched augmentation spec, e.g. "flip,crop:4,cutout:8" (see cnnlab.data.augment)
     download: bool = True  # fetch named datasets (with checksum) when not found locally
+    class_subset: tuple[int, ...] | None = None  # keep only these class indices, relabelled 0..k-1 in this order
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_split < 1.0:
@@ -63,6 +64,7 @@ class ModelConfig:
     init: str | None = None  # kaiming | xavier | normal:STD | torch
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other factory option (e.g. spec)
     prior_bias: bool = True  # set the classifier bias to log class priors, so the initial loss matches the data
+    pretrained: bool = False  # load the backbone's pretrained weights (timm:/torchvision: names, efficientnet_lite0)
 
     def factory_options(self) -> dict[str, Any]:
         """The options to pass to ``create_model`` (only those given)."""
@@ -143,6 +145,30 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """Transfer learning from a pretrained backbone (see docs/transfer.md)."""
+
+    mode: str | None = None  # feature-extract | finetune | auto; None: train every layer at one lr
+    backbone: str | None = None  # a cnnlab run folder or checkpoint whose body becomes the backbone
+    feature_views: int = 0  # feature-extract: augmented copies of the cached training features
+    freeze_epochs: int = 1  # finetune: epochs with the backbone frozen before it is unfrozen
+    backbone_lr_ratio: float = 0.1  # finetune: the backbone's lr is lr * this
+    norm: str = "train"  # finetune: train (norm layers learn and update statistics) | frozen (eval mode, fixed)
+    auto_threshold: int = 1000  # auto: feature-extract below this many training images per class, else finetune (measured: docs/transfer.md)
+    cache: bool = True  # keep extracted features on disk (cache_dir()/features)
+
+    def __post_init__(self) -> None:
+        if self.mode not in (None, "feature-extract", "finetune", "auto"):
+            raise CnnlabError(f"transfer.mode must be feature-extract, finetune or auto, got '{self.mode}'")
+        if self.norm not in ("train", "frozen"):
+            raise CnnlabError(f"transfer.norm must be train or frozen, got '{self.norm}'")
+        if self.feature_views < 0 or self.freeze_epochs < 0 or self.auto_threshold < 1:
+            raise CnnlabError("transfer.feature_views and transfer.freeze_epochs must be >= 0, auto_threshold >= 1")
+        if not 0 <= self.backbone_lr_ratio <= 1:
+            raise CnnlabError(f"transfer.backbone_lr_ratio must be in [0, 1], got {self.backbone_lr_ratio}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run; written to every run folder as config.yaml."""
 
@@ -151,6 +177,7 @@ class RunConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
 
 
 def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:

@@ -48,6 +48,15 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--tta", action="store_true", help="flip test-time augmentation in the final test evaluation")
     t.add_argument("--checkpoint-minutes", type=float, help="also checkpoint mid-epoch this often (default 10)")
+    x = parser.add_argument_group("transfer learning (docs/transfer.md)")
+    x.add_argument("--pretrained", action="store_true", help="load the backbone's pretrained weights (--model timm:NAME, torchvision:NAME, efficientnet_lite0)")
+    x.add_argument("--transfer", choices=("feature-extract", "finetune", "auto"), help="freeze the backbone and train a new head on cached features, fine-tune it, or pick by training-set size")
+    x.add_argument("--backbone", metavar="RUN", help="a cnnlab run folder or checkpoint whose body becomes the backbone")
+    x.add_argument("--feature-views", type=int, metavar="K", help="feature-extract: also cache K augmented copies of the training features (needs --augment)")
+    x.add_argument("--freeze-epochs", type=int, metavar="N", help="finetune: epochs with the backbone frozen first (default 1)")
+    x.add_argument("--backbone-lr-ratio", type=float, metavar="R", help="finetune: backbone lr = lr * R (default 0.1)")
+    x.add_argument("--finetune-norm", choices=("train", "frozen"), help="finetune: norm layers learn (train, default) or stay fixed in eval mode (frozen)")
+    x.add_argument("--class-subset", metavar="LIST", help="keep only these class indices, relabelled in order: 0-4 or 5,6,7")
     parser.epilog = AUGMENT_HELP
 
 
@@ -55,6 +64,22 @@ def _parse_value(text: str) -> Any:
     import yaml
 
     return yaml.safe_load(text)
+
+
+def parse_class_list(text: str | None) -> list[int] | None:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"5,7,9"`` -> [5, 7, 9]; None stays None."""
+    from cnnlab.errors import CnnlabError
+
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    except ValueError:
+        raise CnnlabError(f"--class-subset expects indices like 0-4 or 5,6,7, got '{text}'") from None
+    return out
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,9 +94,13 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         options[key.strip()] = _parse_value(value)
     flag = lambda v: True if v else None  # noqa: E731 - store_true flags override only when given
     return {
-        "data": {**data_overrides(args), "augment": args.augment},
+        "data": {**data_overrides(args), "augment": args.augment, "class_subset": parse_class_list(args.class_subset)},
         "model": {"name": args.model, "norm": args.norm, "act": args.act, "dropout": args.dropout, "init": args.init,
-                  "options": options or None, "prior_bias": False if args.no_prior_bias else None},
+                  "options": options or None, "prior_bias": False if args.no_prior_bias else None,
+                  "pretrained": flag(args.pretrained)},
+        "transfer": {"mode": args.transfer, "backbone": args.backbone, "feature_views": args.feature_views,
+                     "freeze_epochs": args.freeze_epochs, "backbone_lr_ratio": args.backbone_lr_ratio,
+                     "norm": args.finetune_norm},
         "optim": {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
                   "nesterov": False if args.no_nesterov else None},
         "schedule": {"name": args.schedule, "warmup_epochs": args.warmup},

@@ -249,6 +249,8 @@ def load_splits(cfg: DataConfig, *, train_subset: int | None = None, subset_seed
         subset_seed: seeds the choice of the training subset.
     """
     splits = make_splits(load_raw(cfg), cfg)
+    if cfg.class_subset is not None:
+        splits = select_classes(splits, cfg.class_subset)
     if train_subset is not None and train_subset < len(splits.train):
         if train_subset < len(splits.classes):
             raise CnnlabError(
@@ -258,6 +260,28 @@ def load_splits(cfg: DataConfig, *, train_subset: int | None = None, subset_seed
         fp = hashlib.blake2b(f"{splits.fingerprint}/{train_subset}/{subset_seed}".encode(), digest_size=12)
         splits = dataclasses.replace(splits, train=splits.train.subset(idx), fingerprint=fp.hexdigest())
     return splits
+
+
+def select_classes(splits: Splits, keep: tuple[int, ...]) -> Splits:
+    """Keep only the classes ``keep`` (indices into ``splits.classes``) in every split,
+    relabelled ``0..k-1`` in the order given (e.g. pre-train on some classes, transfer to others).
+
+    Raises:
+        CnnlabError: an index out of range, a repeated index, or an empty selection.
+    """
+    n = len(splits.classes)
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= int(k) < n for k in keep):
+        raise CnnlabError(f"data.class_subset {list(keep)} must list distinct class indices in 0..{n - 1}")
+    lookup = np.full(n, -1, dtype=np.int64)
+    lookup[np.asarray(keep, dtype=np.int64)] = np.arange(len(keep))
+    names = tuple(splits.classes[int(k)] for k in keep)
+
+    def pick(part: ImageSet) -> ImageSet:
+        idx = np.flatnonzero(lookup[part.labels] >= 0)
+        return ImageSet(np.ascontiguousarray(part.images[idx]), lookup[part.labels[idx]], names)
+
+    fp = hashlib.blake2b(f"{splits.fingerprint}/classes={list(keep)}".encode(), digest_size=12).hexdigest()
+    return dataclasses.replace(splits, train=pick(splits.train), val=pick(splits.val), test=pick(splits.test), fingerprint=fp)
 
 
 def load_split(cfg: DataConfig, split: str = "train") -> ImageSet:

@@ -109,6 +109,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
     backbone_lr_scale: float | None = None,
+    loaders: tuple[Any, Any] | None = None,
     verbose: bool = True,
 ) -> History:
     """Train ``model`` on ``splits`` as ``cfg`` says.
@@ -122,6 +123,8 @@ def fit(
         resume: a checkpoint dict (from ``last.pt``) to continue exactly.
         on_epoch_end: called with each epoch's record; return True to stop.
         backbone_lr_scale: discriminative learning rates (the backbone gets ``lr * scale``).
+        loaders: ``(train, val)`` batch sources to use instead of image loaders built from
+            ``splits`` (val may be None); transfer learning passes cached features here.
         verbose: print one line per epoch (and a progress bar on a terminal).
 
     Returns:
@@ -143,11 +146,14 @@ def fit(
         weights = 1.0 / np.maximum(counts, 1)[splits.train.labels]
     loader_args = dict(mean=mean, std=std, device=runtime.device, rank=runtime.rank, world_size=runtime.world_size,
                        channels_last=runtime.channels_last)  # fmt: skip
-    train_loader = DeviceLoader(splits.train, batch_size=tc.batch_size, train=True, seed=tc.seed,
-                                augment=build_augment(cfg.data.augment, mean=mean), sample_weights=weights, **loader_args)  # fmt: skip
-    val_loader = (
-        DeviceLoader(splits.val, batch_size=tc.eval_batch_size, train=False, **loader_args) if len(splits.val) else None
-    )
+    if loaders is not None:
+        train_loader, val_loader = loaders
+    else:
+        train_loader = DeviceLoader(splits.train, batch_size=tc.batch_size, train=True, seed=tc.seed,
+                                    augment=build_augment(cfg.data.augment, mean=mean), sample_weights=weights, **loader_args)  # fmt: skip
+        val_loader = (
+            DeviceLoader(splits.val, batch_size=tc.eval_batch_size, train=False, **loader_args) if len(splits.val) else None
+        )
 
     model.to(runtime.device)
     if runtime.channels_last:

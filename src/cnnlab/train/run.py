@@ -44,12 +44,23 @@ def build_model(cfg: RunConfig, splits: Splits) -> torch.nn.Module:
 
     c, h, _ = splits.image_shape
     seed_everything(cfg.train.seed)  # the initial weights follow from the seed
-    model = create_model(
-        cfg.model.name, num_classes=len(splits.classes), in_chans=c, input_size=h, **cfg.model.factory_options()
-    )
+    if _is_transfer(cfg):
+        from cnnlab.transfer.model import build_transfer_model
+
+        model = build_transfer_model(cfg, splits)
+    else:
+        model = create_model(
+            cfg.model.name, num_classes=len(splits.classes), in_chans=c, input_size=h, **cfg.model.factory_options()
+        )
     if cfg.model.prior_bias:
         init_classifier_bias(model, splits.train.class_counts() + 1)
     return model
+
+
+def _is_transfer(cfg: RunConfig) -> bool:
+    from cnnlab.transfer.backbones import is_transfer_run  # light: imports no backbone library
+
+    return is_transfer_run(cfg)
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
@@ -58,7 +69,12 @@ def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
 
     args = dict(state["model_args"])
     name = args.pop("name")
-    model = create_model(name, **args)
+    if name == "transfer":  # a pretrained backbone + new head: rebuilt offline, weights from the state dict
+        from cnnlab.transfer.model import transfer_model_from_args
+
+        model = transfer_model_from_args({"name": name, **args})
+    else:
+        model = create_model(name, **args)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -120,7 +136,10 @@ def run_training(
         log.info("%s (%.2fM parameters) on %s: %d train / %d val / %d test images, device %s",
                  cfg.model.name, n_params / 1e6, splits.name, len(splits.train), len(splits.val), len(splits.test), runtime.device)  # fmt: skip
     start = time.perf_counter()
-    history = fit(model, splits, cfg, runtime=runtime, run_dir=run_dir, resume=state, on_epoch_end=on_epoch_end, verbose=verbose)
+    fit_fn = fit
+    if _is_transfer(cfg):
+        from cnnlab.transfer.finetune import fit_transfer as fit_fn
+    history = fit_fn(model, splits, cfg, runtime=runtime, run_dir=run_dir, resume=state, on_epoch_end=on_epoch_end, verbose=verbose)
     if history.stopped == "interrupted":
         raise KeyboardInterrupt
     summary = finish_run(model, splits, cfg, history, run_dir, runtime, wall_seconds=time.perf_counter() - start)

@@ -1,0 +1,208 @@
+"""``TransferModel``: any backbone behind cnnlab's model contract, with its own preprocessing.
+
+The data stays what every cnnlab run uses: uint8 images at their native size on the
+device, normalised per batch with the *training split's* mean/std by the loader. The
+model's first module, :class:`Preprocess`, turns such a batch into what the backbone's
+weights expect: undo the data normalisation, repeat grayscale to RGB (or take the luma
+of RGB), resize on the device (``F.interpolate``) to the backbone's input size, and
+normalise with the backbone's mean/std. Because the preprocessing lives in the model,
+``cnnlab eval`` / ``predict`` / ``export`` work on transfer checkpoints unchanged.
+
+``forward_features`` returns the backbone's pooled features as an (N, F, 1, 1) map;
+``forward_head`` accepts that map or cached (N, F) feature vectors, so the head can be
+trained on features extracted once (:mod:`cnnlab.transfer.features`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.models.base import ClassifierModel
+from cnnlab.transfer.backbones import BackboneSpec
+
+NAME = "transfer"  # model_args["name"] of every transfer model
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class Preprocess(nn.Module):
+    """Data-normalised images (N, C, H, W) -> the backbone's input (N, C', S, S).
+
+    Args:
+        data_mean, data_std: the statistics the loader normalised with ([0, 1] units).
+        in_chans: channels of the data.
+        spec: the backbone's preprocessing (channels, mean/std, interpolation).
+        size: the backbone's input side in px.
+    """
+
+    def __init__(self, data_mean: Sequence[float], data_std: Sequence[float], in_chans: int, spec: BackboneSpec, size: int) -> None:
+        super().__init__()
+        self.in_chans, self.out_chans, self.size = int(in_chans), int(spec.in_chans), int(size)
+        self.mode = spec.interpolation
+        shape = (1, -1, 1, 1)
+        # Non-persistent: they follow from model_args, so state dicts hold only weights.
+        self.register_buffer("data_mean", torch.tensor(data_mean, dtype=torch.float32).view(shape), persistent=False)
+        self.register_buffer("data_std", torch.tensor(data_std, dtype=torch.float32).view(shape), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(shape), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.data_std + self.data_mean  # back to [0, 1]
+        if self.in_chans == 1 and self.out_chans == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif self.in_chans == 3 and self.out_chans == 1:
+            x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if x.shape[-2:] != (self.size, self.size):
+            down = x.shape[-1] > self.size  # antialias only when shrinking (aliasing), not when enlarging
+            x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=False, antialias=down)
+        return (x - self.mean) / self.std
+
+
+class TransferModel(ClassifierModel):
+    """A backbone (images -> pooled features), its preprocessing and a new linear head.
+
+    Args:
+        backbone: maps preprocessed images to (N, F) features.
+        spec: what the backbone is and expects.
+        num_features: F.
+        num_classes: outputs of the new head.
+        in_chans, data_mean, data_std: the data the model is given (channels, loader stats).
+        image_size: the backbone's input side (default: the size its weights were trained at).
+        dropout: dropout before the new FC.
+    """
+
+    head_prefixes = ("drop", "fc")
+
+    def __init__(
+        self, backbone: nn.Module, spec: BackboneSpec, num_features: int, num_classes: int, *, in_chans: int,
+        data_mean: Sequence[float], data_std: Sequence[float], image_size: int | None = None, dropout: float = 0.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.spec = spec
+        self.num_features = int(num_features)
+        self.prep = Preprocess(data_mean, data_std, in_chans, spec, image_size or spec.input_size)
+        self.backbone = backbone
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.num_features, num_classes)
+        self.backbone_eval = False  # the whole backbone in eval mode (frozen feature extractor)
+        self.norm_eval = False  # only its norm layers in eval mode (fine-tuning with frozen norms)
+        self.model_args = {
+            "name": NAME, "backbone": spec.as_dict(), "num_features": self.num_features, "num_classes": num_classes,
+            "in_chans": int(in_chans), "data_mean": list(data_mean), "data_std": list(data_std),
+            "image_size": self.prep.size, "dropout": float(dropout),
+        }  # fmt: skip
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(self.prep(x))
+        return feats.flatten(1)[:, :, None, None]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> logits; cached feature vectors (N, F) go straight to the head."""
+        return self.forward_head(x if x.ndim == 2 else self.forward_features(x))
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, F) features the head sees (what the feature cache stores)."""
+        return self.forward_features(x).flatten(1)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        w = self.fc.weight
+        self.fc = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
+        self._record_num_classes(num_classes)
+
+    # ----------------------------------------------------------------- freezing
+
+    def freeze_backbone(self) -> None:
+        """No gradients for the backbone, and the whole backbone in eval mode (norm statistics
+        and dropout fixed), so its features are a pure function of the image."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone_eval, self.norm_eval = True, True
+        self.train(self.training)
+
+    def unfreeze_backbone(self, norm: str = "train") -> None:
+        """Train the backbone too. ``norm="frozen"`` keeps its norm layers in eval mode with
+        fixed scale/shift (useful with small batches); ``"train"`` lets them learn."""
+        self.backbone_eval = False
+        self.norm_eval = norm == "frozen"
+        for m in self.backbone.modules():
+            frozen_norm = self.norm_eval and isinstance(m, _NORMS)
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(not frozen_norm)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TransferModel:
+        super().train(mode)
+        if mode and self.backbone_eval:
+            self.backbone.eval()
+        elif mode and self.norm_eval:
+            for m in self.backbone.modules():
+                if isinstance(m, _NORMS):
+                    m.eval()
+        return self
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What the features depend on besides the data: backbone, weights, preprocessing."""
+        from cnnlab.transfer.backbones import weights_hash
+
+        args = {k: v for k, v in self.model_args.items() if k not in ("num_classes", "dropout")}
+        return {**args, "weights": weights_hash(self.backbone)}
+
+
+def transfer_model_from_args(args: dict[str, Any]) -> TransferModel:
+    """Rebuild a transfer model's architecture from its ``model_args`` (no weights are
+    downloaded: a checkpoint's state dict supplies them)."""
+    from cnnlab.transfer.backbones import rebuild_backbone
+
+    spec = BackboneSpec.from_dict(args["backbone"])
+    model = TransferModel(rebuild_backbone(spec), spec, args["num_features"], args["num_classes"], in_chans=args["in_chans"],
+                          data_mean=args["data_mean"], data_std=args["data_std"], image_size=args["image_size"],
+                          dropout=args.get("dropout", 0.0))  # fmt: skip
+    return model
+
+
+def build_transfer_model(cfg: Any, splits: Any) -> TransferModel:
+    """The transfer model a :class:`~cnnlab.config.RunConfig` asks for, for these splits.
+
+    The backbone is ``cfg.transfer.backbone`` (a cnnlab checkpoint) when set, else
+    ``cfg.model.name`` (``timm:NAME``, ``torchvision:NAME``, ``efficientnet_lite0``); its
+    input size is ``cfg.data.image_size`` when given, else the one its weights expect.
+    """
+    from cnnlab.errors import CnnlabError
+    from cnnlab.transfer.backbones import backbone_from_checkpoint, build_backbone, is_backbone_name
+
+    if cfg.transfer.backbone is not None:
+        backbone, spec = backbone_from_checkpoint(cfg.transfer.backbone)
+    elif is_backbone_name(cfg.model.name):
+        backbone, spec = build_backbone(cfg.model.name, pretrained=cfg.model.pretrained)
+    else:
+        raise CnnlabError(
+            f"cnnlab's own '{cfg.model.name}' has no pretrained weights; use --model timm:NAME, torchvision:NAME or "
+            "efficientnet_lite0 with --pretrained, or --backbone RUN/best.pt"
+        )
+    num_features = _feature_width(backbone, spec)
+    mean, std = splits.stats
+    return TransferModel(backbone, spec, num_features, len(splits.classes), in_chans=splits.image_shape[0],
+                         data_mean=mean, data_std=std, image_size=cfg.data.image_size,
+                         dropout=cfg.model.dropout or 0.0)  # fmt: skip
+
+
+@torch.no_grad()
+def _feature_width(backbone: nn.Module, spec: BackboneSpec) -> int:
+    """F, measured with one tiny forward pass (robust to any backbone)."""
+    was = backbone.training
+    backbone.eval()
+    out = backbone(torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size))
+    backbone.train(was)
+    return int(out.flatten(1).shape[1])
