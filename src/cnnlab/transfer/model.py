@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.models.base import ClassifierModel
+from cnnlab.models.base import PooledLinearHead
 from cnnlab.transfer.backbones import BackboneSpec
 
 NAME = "transfer"  # model_args["name"] of every transfer model
@@ -62,7 +62,7 @@ class Preprocess(nn.Module):
         return (x - self.mean) / self.std
 
 
-class TransferModel(ClassifierModel):
+class TransferModel(PooledLinearHead):
     """A backbone (images -> pooled features), its preprocessing and a new linear head.
 
     Args:
@@ -86,6 +86,7 @@ class TransferModel(ClassifierModel):
         self.num_features = int(num_features)
         self.prep = Preprocess(data_mean, data_std, in_chans, spec, image_size or spec.input_size)
         self.backbone = backbone
+        self.avgpool = nn.Identity()  # the backbone already pools: features are (N, F, 1, 1)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
         self.backbone_eval = False  # the whole backbone in eval mode (frozen feature extractor)
@@ -100,10 +101,6 @@ class TransferModel(ClassifierModel):
         feats = self.backbone(self.prep(x))
         return feats.flatten(1)[:, :, None, None]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(x.flatten(1))
-        return x if pre_logits else self.fc(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> logits; cached feature vectors (N, F) go straight to the head."""
         return self.forward_head(x if x.ndim == 2 else self.forward_features(x))
@@ -112,14 +109,6 @@ class TransferModel(ClassifierModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The (N, F) features the head sees (what the feature cache stores)."""
         return self.forward_features(x).flatten(1)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        w = self.fc.weight
-        self.fc = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
-        self._record_num_classes(num_classes)
 
     # ----------------------------------------------------------------- freezing
 
