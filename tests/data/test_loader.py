@@ -56,9 +56,8 @@ def test_normalisation_uses_the_given_statistics() -> None:
 def test_augmented_path_normalises_like_the_fused_path() -> None:
     data = _data()
     plain = DeviceLoader(data, batch_size=8, mean=(0.4,), std=(0.3,), train=False)
-    identity = DeviceLoader(data, batch_size=8, mean=(0.4,), std=(0.3,), train=True, augment=lambda x, g: x)
-    identity.train = False  # same order as eval, but through the augmentation branch
-    torch.testing.assert_close(next(iter(plain))[0], identity._make_batch(torch.arange(8), 0), atol=1e-6, rtol=0)
+    augmented = plain.iter_augmented(lambda x, g: x, seed=0)  # same order, through the augmentation branch
+    torch.testing.assert_close(next(iter(plain))[0], next(augmented)[0], atol=1e-6, rtol=0)
 
 
 def test_seeded_epochs_are_reproducible_and_different() -> None:
@@ -115,3 +114,14 @@ def test_too_small_for_one_batch_is_a_clear_error() -> None:
 def test_derive_seed_mixes_all_parts() -> None:
     seeds = {derive_seed(s, e, r) for s in range(3) for e in range(3) for r in range(3)}
     assert len(seeds) == 27 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_iter_augmented_keeps_order_and_is_seeded() -> None:
+    loader = DeviceLoader(_data(), batch_size=10, mean=(0.5,), std=(0.25,), train=False)
+    plain = torch.cat([x for x, _ in loader])
+    a = list(loader.iter_augmented(_noise_augment, seed=1))
+    b = torch.cat([x for x, _ in loader.iter_augmented(_noise_augment, seed=1)])
+    c = torch.cat([x for x, _ in loader.iter_augmented(_noise_augment, seed=2)])
+    assert len(a) == 11 and torch.cat([y for _, y in a]).tolist() == [i % 4 for i in range(103)]
+    assert torch.equal(torch.cat([x for x, _ in a]), b) and not torch.equal(b, c) and not torch.equal(b, plain)
+    assert torch.equal(torch.cat([x for x, _ in loader]), plain)  # the loader itself stays unaugmented

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 
 import pytest
@@ -152,3 +154,9 @@ def test_cli_backbone_run_then_eval(backbone_run, tmp_path, capsys) -> None:
     line = next(x for x in err.splitlines() if "transfer auto:" in x)
     assert "feature-extract" in line and "per class" in line
     assert main(["eval", str(run)]) == 0
+    from cnnlab.infer.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(run)  # the same two classes again, not the source's three
+    assert report.own_data and not report.warnings and report.probs.shape[1] == 2
+    assert set(report.labels.tolist()) == {0, 1}
+    assert json.loads((run / "summary.json").read_text())["test_acc"] == pytest.approx(report.metrics.accuracy)

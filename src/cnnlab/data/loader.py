@@ -139,19 +139,31 @@ class DeviceLoader:
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate the current epoch from batch ``start_batch`` (exact mid-epoch resume)."""
+        return self._iterate(start_batch, self.augment, self.seed)
+
+    def iter_augmented(self, augment, *, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+        """This epoch's batches, in the loader's order, each augmented by ``augment``.
+
+        Each batch's randomness is seeded by ``(seed, epoch, rank, batch index)``, so the
+        same call gives the same images: fixed augmented copies of an ordered split (cached
+        feature views) without turning on shuffling or dropping the last batch.
+        """
+        return self._iterate(0, augment, seed)
+
+    def _iterate(self, start_batch: int, augment, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
         order = self.order().to(self.device)
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self._make_batch(idx, b), self.labels.index_select(0, idx)
+            yield self._make_batch(idx, b, augment, seed), self.labels.index_select(0, idx)
 
-    def _make_batch(self, idx: torch.Tensor, batch_index: int) -> torch.Tensor:
+    def _make_batch(self, idx: torch.Tensor, batch_index: int, augment, seed: int) -> torch.Tensor:  # noqa: ANN001
         raw = self.images.index_select(0, idx)
-        if self.augment is None:
+        if augment is None:
             x = torch.addcmul(self._shift, raw.to(self.dtype), self._scale_u8)
         else:
-            self._gen.manual_seed(derive_seed(self.seed, self.epoch, self.rank, batch_index))
+            self._gen.manual_seed(derive_seed(seed, self.epoch, self.rank, batch_index))
             x = raw.to(self.dtype).mul_(1.0 / 255.0)
-            x = self.augment(x, self._gen)
+            x = augment(x, self._gen)
             x = torch.addcmul(self._shift, x, self._scale)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -186,7 +186,7 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
         from safetensors import SafetensorError, safe_open
     except ImportError:
         raise CnnlabError("reading .safetensors files needs the safetensors package: pip install 'cnnlab[export]'") from None
-    from cnnlab.models import create_model
+    from cnnlab.train.run import model_from_args
 
     path = Path(path)
     if not path.is_file():
@@ -199,12 +199,11 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
         raise CnnlabError(f"{path} is not a readable safetensors file ({str(exc)[:160]})") from None
     try:
         meta = json.loads(header[META_KEY])
-        args = dict(meta["model_args"])
-        name = args.pop("name")
+        name = meta["model_args"]["name"]
         meta["data"]["classes"], meta["data"]["image_shape"]  # noqa: B018 - required keys
     except (KeyError, TypeError, ValueError):
         raise CnnlabError(f"{path} has no cnnlab metadata; export it with `cnnlab export --format safetensors`") from None
-    model = create_model(name, **args)
+    model = model_from_args(meta["model_args"])
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:

@@ -63,21 +63,26 @@ def _is_transfer(cfg: RunConfig) -> bool:
     return is_transfer_run(cfg)
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights."""
+def model_from_args(model_args: dict[str, Any]) -> torch.nn.Module:
+    """An untrained model built from a checkpoint's ``model_args`` (registered or transfer)."""
     from cnnlab.models import create_model
 
-    args = dict(state["model_args"])
+    args = dict(model_args)
     name = args.pop("name")
     if name == "transfer":  # a pretrained backbone + new head: rebuilt offline, weights from the state dict
         from cnnlab.transfer.model import transfer_model_from_args
 
-        model = transfer_model_from_args({"name": name, **args})
-    else:
-        model = create_model(name, **args)
+        return transfer_model_from_args({"name": name, **args})
+    return create_model(name, **args)
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    model = model_from_args(state["model_args"])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
+        name = state["model_args"].get("name")
         raise CnnlabError(f"the checkpoint's weights do not fit its model '{name}': {str(exc)[:200]}") from None
     return model
 

@@ -49,20 +49,12 @@ def extract(
 
     loader = DeviceLoader(images, batch_size=batch_size, mean=mean, std=std, train=False, device=device,
                           channels_last=channels_last)  # fmt: skip
-    if augment is not None:
-        loader.augment, loader.seed = augment, seed  # same batches, augmented and seeded per batch
+    batches = loader if augment is None else loader.iter_augmented(augment, seed=seed)
     was = model.training
     model.eval()
-    out = [model.features(x).float().cpu() for x, _ in _batches(loader)]
+    out = [model.features(x).float().cpu() for x, _ in batches]
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    order = loader.order().to(loader.device)
-    for b in range(len(loader)):
-        idx = order[b * loader.batch_size : (b + 1) * loader.batch_size]
-        yield loader._make_batch(idx, b), loader.labels.index_select(0, idx)
 
 
 def cached_features(
