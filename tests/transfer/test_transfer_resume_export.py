@@ -39,14 +39,18 @@ def test_transfer_run_resumes_exactly(backbone_run, make_config, tmp_path: Path,
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
 
 
-def test_finetune_killed_in_its_frozen_phase_starts_again(backbone_run, make_config, tmp_path: Path) -> None:
-    cfg = make_config(transfer={"backbone": str(backbone_run), "mode": "finetune", "freeze_epochs": 2}, train={"epochs": 2})
+def test_finetune_killed_after_its_frozen_phase_starts_again(backbone_run, make_config, tmp_path: Path, monkeypatch) -> None:
+    from cnnlab.transfer.model import TransferModel
+
+    cfg = make_config(transfer={"backbone": str(backbone_run), "mode": "finetune", "freeze_epochs": 1}, train={"epochs": 2})
     run = tmp_path / "run"
-    with pytest.raises(_Crash):  # the frozen (head-only) phase reports no epochs to the callback...
-        run_training(cfg, run, on_epoch_end=_crash_after(0), verbose=False)
-    assert (run / "frozen" / "last.pt").is_file()
-    summary = run_training(resume=run, verbose=False)  # ...so the crash came in the main phase, resumed here
-    assert summary["epochs_run"] == 2
+    with monkeypatch.context() as patch:
+        patch.setattr(TransferModel, "unfreeze_backbone", lambda *a, **k: (_ for _ in ()).throw(_Crash()))
+        with pytest.raises(_Crash):  # dies between the frozen (head-only) phase and the main phase
+            run_training(cfg, run, verbose=False)
+    assert (run / "frozen" / "last.pt").is_file() and not (run / "last.pt").exists()
+    summary = run_training(resume=run, verbose=False)  # no main-phase checkpoint yet: starts again from config.yaml
+    assert summary["epochs_run"] == 2 and (run / "best.pt").is_file()
 
 
 def test_transfer_model_exports_to_onnx_and_safetensors(backbone_run, make_config, tmp_path: Path) -> None:

@@ -132,6 +132,12 @@ def run_training(
     if state is None and (run_dir / "last.pt").exists():
         raise CnnlabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     runtime = runtime or resolve_runtime(cfg.train)
+    if state is None and runtime.is_main:  # from now on the folder can be resumed, even before a checkpoint
+        from cnnlab.config import dump_yaml
+        from cnnlab.io import atomic_write_text
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     splits = load_data(cfg)
     if state is not None and state["data"]["fingerprint"] != splits.fingerprint:
         raise CnnlabError(f"the data of {cfg.data.source} changed since the run in {run_dir} started; it cannot resume exactly")
