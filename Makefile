@@ -10,7 +10,7 @@ EXTRAS ?= test
 DEMO_SPEC   ?= c32-p-c96-p-c192-p-fc256
 DEMO_EPOCHS ?= 6
 
-.PHONY: demo test install dataset bench clean
+.PHONY: demo test install dataset sysdeps bench clean
 
 install: $(STAMP)
 
@@ -22,11 +22,15 @@ $(STAMP): pyproject.toml
 dataset:
 	@bash scripts/ensure-fashion-mnist.sh
 
+# PostgreSQL and chromium for the shared-study and HTML-report tests (skipped without them).
+sysdeps:
+	@bash scripts/ensure-system-deps.sh
+
 demo: install dataset
 	$(BIN)/cnnlab train --data fashion-mnist --model simple --model-opt spec=$(DEMO_SPEC) \
 	  --augment flip --label-smoothing 0.1 --epochs $(DEMO_EPOCHS) --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-test: install dataset
+test: install dataset sysdeps
 	$(BIN)/python -m pytest -q
 
 bench: install dataset

@@ -59,3 +59,19 @@ def report_skipped(skipped: tuple[tuple[str, str], ...], limit: int = 20) -> Non
         print(f"  {path}: {reason}", file=sys.stderr)
     if len(skipped) > limit:
         print(f"  ... and {len(skipped) - limit} more", file=sys.stderr)
+
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``"600"``/``"600s"`` -> 600, ``"30m"`` -> 1800, ``"2h"`` -> 7200, ``"1h30m"`` -> 5400."""
+    import re
+
+    from cnnlab.errors import CnnlabError
+
+    if text is None:
+        return None
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.strip().lower()):
+        raise CnnlabError(f"--budget expects a duration like 600s, 30m, 2h or 1h30m, got '{text}'")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * unit[u] for n, u in parts)

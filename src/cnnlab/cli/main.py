@@ -22,6 +22,11 @@ COMMANDS: tuple[str, ...] = (
     "models",
     "train",
     "use",
+    "check",
+    "lrfind",
+    "search",
+    "diagnose",
+    "recipe",
 )
 
 
@@ -70,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cnnlab ... | head`: the reader left; exit quietly like other Unix tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and headless
+def pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily and headless (Agg)
+    """``matplotlib.pyplot`` with the headless Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -20,13 +21,14 @@ def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and headless
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:  # noqa: ANN001
+def save_figure(fig, path: str | Path) -> Path:  # noqa: ANN001
+    """Write ``fig`` atomically (format from the suffix), close it, return the path."""
     from cnnlab.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=fig.dpi, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -49,7 +51,7 @@ def image_grid(
         title: a title over the whole grid.
         cell_inches: size of one cell.
     """
-    plt = _pyplot()
+    plt = pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(cell_inches * n_cols + 1.2, cell_inches * n_rows + 0.4), squeeze=False, dpi=100
@@ -75,12 +77,12 @@ def image_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(records: Sequence[dict], path: str | Path, *, title: str | None = None) -> Path:
     """Save train/val loss and accuracy by epoch (two panels) from ``metrics.jsonl`` records."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] + 1 for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     for key, label, style in (("train", "train", "-"), ("val", "validation", "--")):
@@ -100,7 +102,7 @@ def training_curves(records: Sequence[dict], path: str | Path, *, title: str | N
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_plot(
@@ -118,7 +120,7 @@ def confusion_plot(
         path: the output file.
         title: a title over the plot.
     """
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(confusion, dtype=np.int64)
     n = cm.shape[0]
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -141,7 +143,7 @@ def confusion_plot(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def captioned_grid(
@@ -163,7 +165,7 @@ def captioned_grid(
         title: a title over the whole grid.
         cell_inches: width of one cell.
     """
-    plt = _pyplot()
+    plt = pyplot()
     count = max(len(images), 1)
     cols = max(1, min(columns, count))
     rows = -(-count // cols)
@@ -185,4 +187,4 @@ def captioned_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,0 +1,89 @@
+"""`cnnlab recipe`: the lecture's seven steps end to end, with a report."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+steps (each also a command of its own):
+  1 check      loss at initialisation ~ ln(C), finite gradients, weight decay, batch independence
+  2 overfit    a tiny sample must be learnt to ~100% (and beat zeroed inputs)
+  3 lr-find    LR range test; its suggestion centres the search
+  4 search     coarse: short trials on a training subset over wide ranges (Optuna, pruned)
+  5 search     refine: ranges narrowed around the best coarse trials, longer trials
+  6 diagnose   read the best trial's curves; move the ranges (LR, regularisation) accordingly
+  7 loop 5-6 until the budget is spent or validation accuracy stops improving;
+    then train the final model on all the training data and test it once
+
+examples:
+  cnnlab recipe --data fashion-mnist --model simple --model-opt spec=c32-p-c96-p-c192-p-fc256 --budget 10m
+  cnnlab recipe --data cifar10 --model resnet20 --augment standard --budget 2h --out runs/recipe-c10
+  cnnlab recipe --resume runs/recipe-c10          # continue after a crash or Ctrl-C
+  cnnlab train --config runs/recipe-c10/best.yaml # train the chosen configuration again
+
+The recipe folder holds recipe.json (the steps done), best.yaml, final/ (the final run)
+and report.html (one self-contained page with every step's evidence)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from cnnlab.cli.train import add_run_args
+
+    parser = subparsers.add_parser(
+        "recipe",
+        help="run the 7-step hyperparameter recipe end to end (check, overfit, lr-find, search, diagnose, final model, report)",
+        description="Run the lecture's hyperparameter procedure end to end within a budget and write a report. "
+        "Training settings are those of `cnnlab train` (flags and/or --config); the search tunes the learning "
+        "rate, weight decay and dropout (when the model has it) around them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="YAML", help="a run config to start from (data/model/optim/schedule/train)")
+    parser.add_argument("--out", metavar="DIR", help="the recipe folder (default runs/recipe-<model>-<data>-<time>)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the recipe in this folder from its last finished step")
+    r = parser.add_argument_group("recipe")
+    r.add_argument("--budget", default="30m", metavar="TIME", help="wall time for everything, e.g. 10m, 1h (default 30m)")
+    r.add_argument("--trials", type=int, metavar="N", help="at most N trials per search stage (default: as many as the budget allows)")
+    r.add_argument("--coarse-epochs", type=int, default=2, metavar="N", help="epochs per coarse trial (default 2)")
+    r.add_argument("--refine-epochs", type=int, default=4, metavar="N", help="epochs per refine trial (default 4)")
+    r.add_argument("--search-subset", type=int, default=10000, metavar="N", help="training images per search trial, stratified (default 10000; 0 = all)")
+    r.add_argument("--final-epochs", type=int, metavar="N", help="epochs of the final training (default: what the budget left allows, 3-30)")
+    r.add_argument("--rounds", type=int, default=3, metavar="N", help="refine/diagnose rounds at most (default 3)")
+    r.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    r.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha")
+    r.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes per search (default 1)")
+    r.add_argument("--storage", metavar="URL", help="Optuna storage, e.g. postgresql://user@host/db (default: a journal file in the folder)")
+    r.add_argument("--keep-going", action="store_true", help="search even when the check or the overfit test fails")
+    r.add_argument("--quiet", action="store_true", help="no per-epoch lines from the final training")
+    add_run_args(parser)
+    parser.epilog = EPILOG
+    parser.set_defaults(func=_recipe)
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnlab.cli.common import parse_duration
+    from cnnlab.config import load_run_config
+    from cnnlab.recipe.recipe import RecipeOptions, run_recipe
+
+    if args.resume:
+        result = run_recipe(None, args.resume, resume=True, verbose=not args.quiet)
+    else:
+        from cnnlab.cli.train import run_overrides
+        from cnnlab.train.run import default_run_dir
+
+        cfg = load_run_config(args.config, run_overrides(args))
+        options = RecipeOptions(
+            budget_seconds=parse_duration(args.budget), coarse_trials=args.trials, refine_trials=args.trials,
+            coarse_epochs=args.coarse_epochs, refine_epochs=args.refine_epochs, search_subset=args.search_subset or None,
+            final_epochs=args.final_epochs, max_rounds=args.rounds, sampler=args.sampler, pruner=args.pruner,
+            workers=args.workers, storage=args.storage, stop_on_failure=not args.keep_going, seed=cfg.train.seed,
+        )  # fmt: skip
+        out = Path(args.out) if args.out else default_run_dir(cfg).with_name("recipe-" + default_run_dir(cfg).name)
+        result = run_recipe(cfg, out, options, verbose=not args.quiet)
+    if result.report:
+        print(f"report: {result.report}")
+    if result.stopped:
+        return 1
+    if result.test_acc is not None:
+        print(f"test accuracy {result.test_acc:.2%} with {result.best_config} ({result.state.spent_seconds / 60:.1f} min)")
+    return 0

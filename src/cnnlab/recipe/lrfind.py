@@ -1,0 +1,482 @@
+"""Step 3 of the recipe: the learning-rate range test (``cnnlab lr-find``).
+
+Train for ``steps`` mini-batches while the learning rate grows exponentially from
+``start`` to ``end`` (fastai's defaults: 1e-7 to 10 in 100 steps), record the loss of
+every batch, and stop once the smoothed loss exceeds ``diverge`` times its minimum. The
+model, the optimizer settings and the augmentation are those of training; the model's
+weights, buffers, gradients and train/eval modes and every global RNG are restored
+afterwards, so a range test leaves no trace.
+
+The suggestion is made by a pure function of the recorded curve, :func:`suggest_lr`.
+Finders that pick the steepest point of the raw or lightly smoothed curve are known to
+jump by orders of magnitude between runs: a derivative of a noisy curve is noise. The
+rule here reads *levels* of a strongly smoothed curve instead:
+
+1. drop the first few steps (a fresh model's first batches can spike);
+2. clip the divergent tail at twice the starting loss, then smooth with a running median
+   (removes spikes) and a forward-backward, debiased EMA (smooths without shifting the
+   curve towards higher LRs, which a one-sided EMA does by its lag);
+3. find the minimum of the smoothed loss and the plateau before it (the highest level held
+   for several steps, so a spike is not mistaken for the plateau): the valley;
+4. suggest the LR where the smoothed loss has fallen half-way down the valley (the last
+   crossing of that level before the minimum), kept between ``min_lr / 30`` and
+   ``min_lr / 3`` (the lecture's "an order of magnitude below the minimum" as a
+   cross-check).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:  # torch and the training stack are imported where they are used
+    from collections.abc import Iterator
+
+    import torch
+
+    from cnnlab.config import RunConfig
+    from cnnlab.data.loader import DeviceLoader
+    from cnnlab.data.sources import Splits
+    from cnnlab.train.runtime import Runtime
+
+# Steps ignored at the start: a fresh model's first batches can spike (prior-bias
+# corrections, batch-norm statistics warming up); 5 % of the sweep, at least 3 steps.
+SKIP_FRACTION = 0.05
+MIN_SKIP = 3
+# Running-median window (steps): an odd window of 9 removes any spike of up to 4 steps, and
+# a median keeps monotone stretches (the descent) exactly where they are.
+MEDIAN_WINDOW = 9
+# EMA factor of each pass of the zero-lag smoother. 0.8 averages ~5 steps per pass: with
+# 100 steps over 8 decades that is ~0.4 decade, narrower than a typical valley (1-2 decades).
+SMOOTH_BETA = 0.8
+# EMA factor of the causal smoother that decides when to stop (fastai's test is the same:
+# smoothed > diverge x best). 0.9 reacts within a few steps, before the loss overflows.
+STOP_BETA = 0.9
+# The valley's top is the highest level the smoothed loss holds for 10 % of the steps (at
+# least 5) before its minimum, not its maximum: a spike shorter than that cannot become the top.
+PLATEAU_FRACTION = 0.1
+PLATEAU_MIN_STEPS = 5
+# The divergent tail is clipped at 2x the starting loss (the median of the first 10 steps
+# used) before smoothing, so its huge values cannot bleed back into the valley.
+TAIL_CLIP = 2.0
+START_STEPS = 10
+# The fraction of the valley's drop where the suggestion sits: half-way down is where the
+# descent is steepest for a sigmoid-shaped valley, but found from levels, not slopes.
+VALLEY_LEVEL = 0.5
+# The suggestion stays within [min_lr / 30, min_lr / 3]: never at the edge of divergence
+# (the minimum is already too high to train at), never far below the useful range.
+CLAMP_LOW, CLAMP_HIGH = 30.0, 3.0
+# A drop of less than 5 % of the loss is no valley: the loss never clearly decreased.
+MIN_DROP = 0.05
+# Without a valley the fallback is fastai's "minimum / 10".
+FALLBACK_DIVISOR = 10.0
+
+
+# --------------------------------------------------------------------------- the curve
+
+
+def lr_schedule(start: float, end: float, steps: int) -> np.ndarray:
+    """``steps`` learning rates growing geometrically from ``start`` to ``end`` (inclusive)."""
+    return np.geomspace(start, end, steps)
+
+
+def causal_ema(values: np.ndarray, beta: float) -> np.ndarray:
+    """Debiased exponential moving average (Adam-style ``/ (1 - beta**t)``): no start-up bias."""
+    out = np.empty(len(values), dtype=np.float64)
+    avg = 0.0
+    for t, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * float(v)
+        out[t - 1] = avg / (1 - beta**t)
+    return out
+
+
+def running_median(values: np.ndarray, window: int = MEDIAN_WINDOW) -> np.ndarray:
+    """Centred running median; the window shrinks symmetrically at the ends."""
+    values = np.asarray(values, dtype=np.float64)
+    half = window // 2
+    out = np.empty_like(values)
+    for i in range(len(values)):
+        k = min(half, i, len(values) - 1 - i)
+        out[i] = np.median(values[i - k : i + k + 1])
+    return out
+
+
+def smooth_losses(losses: np.ndarray, beta: float = SMOOTH_BETA) -> np.ndarray:
+    """Spike-free, zero-lag smoothing: running median, then a forward and a backward debiased EMA.
+
+    A single (causal) EMA lags by ``beta / (1 - beta)`` steps, which moves the whole curve,
+    its minimum included, towards higher learning rates; running it forwards and then
+    backwards cancels that shift.
+    """
+    return zero_lag_ema(running_median(np.asarray(losses, dtype=np.float64)), beta)
+
+
+def zero_lag_ema(values: np.ndarray, beta: float = SMOOTH_BETA) -> np.ndarray:
+    """A debiased EMA run forwards and then backwards: smooth, and not shifted in either direction."""
+    if len(values) == 0:
+        return np.asarray(values, dtype=np.float64)
+    forward = causal_ema(values, beta)
+    return causal_ema(forward[::-1], beta)[::-1]
+
+
+def skip_steps(n: int) -> int:
+    """How many leading steps the suggestion ignores for a sweep of ``n`` recorded steps."""
+    return min(max(MIN_SKIP, int(round(SKIP_FRACTION * n))), max(n - 2, 0))
+
+
+@dataclass(frozen=True)
+class CurveAnalysis:
+    """What :func:`analyse_curve` read from a range test."""
+
+    smoothed: np.ndarray  # same length as the losses; NaN over the skipped steps
+    suggestion: float
+    rule: str
+    min_lr: float  # where the smoothed loss is lowest
+
+
+def analyse_curve(lrs: np.ndarray, losses: np.ndarray) -> CurveAnalysis:
+    """Smooth a range-test curve and suggest a learning rate (see the module docstring).
+
+    Args:
+        lrs: increasing learning rates, one per step.
+        losses: the loss of each step (finite; a sweep stops at the first NaN/inf).
+
+    Raises:
+        CnnlabError: fewer than ``MIN_SKIP + 2`` steps, or mismatched lengths.
+    """
+    lrs = np.asarray(lrs, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    if lrs.shape != losses.shape:
+        raise CnnlabError(f"lr-find: {len(lrs)} learning rates but {len(losses)} losses")
+    if len(losses) < MIN_SKIP + 2 or not np.all(np.isfinite(losses)):
+        raise CnnlabError(
+            f"lr-find recorded {len(losses)} finite loss(es), too few to suggest a learning rate; "
+            "lower --start-lr or raise --steps"
+        )
+    skip = skip_steps(len(losses))
+    smoothed = np.full(len(losses), np.nan)
+    med = running_median(clip_tail(losses[skip:]))
+    s = zero_lag_ema(med)
+    smoothed[skip:] = s
+    x = lrs[skip:]
+    i_min = int(np.argmin(s))
+    min_lr = float(x[i_min])
+    # The plateau is read before the EMA, which would widen a spike beyond the window.
+    top = sustained_max(med[: i_min + 1], max(PLATEAU_MIN_STEPS, int(round(PLATEAU_FRACTION * len(losses)))))
+    drop = top - float(s[i_min])
+    if i_min == 0 or drop < MIN_DROP * abs(top):
+        rule = (f"no clear descent (the smoothed loss fell less than {MIN_DROP:.0%}): "
+                f"fallback min_lr/{FALLBACK_DIVISOR:g}")  # fmt: skip
+        return CurveAnalysis(smoothed, min_lr / FALLBACK_DIVISOR, rule, min_lr)
+    level = float(s[i_min]) + VALLEY_LEVEL * drop
+    raw = _last_crossing(x, s, level, i_min)
+    lo, hi = min_lr / CLAMP_LOW, min_lr / CLAMP_HIGH
+    suggestion = float(np.clip(raw, lo, hi))
+    rule = (f"valley: where the smoothed loss (median of {MEDIAN_WINDOW}, forward-backward EMA {SMOOTH_BETA:g}, "
+            f"first {skip} steps ignored) has fallen {VALLEY_LEVEL:.0%} of the way from its peak to its minimum, "
+            f"kept within [min_lr/{CLAMP_LOW:g}, min_lr/{CLAMP_HIGH:g}]")  # fmt: skip
+    if suggestion != raw:
+        rule += f" (clamped from {raw:.3g})"
+    return CurveAnalysis(smoothed, suggestion, rule, min_lr)
+
+
+def clip_tail(losses: np.ndarray) -> np.ndarray:
+    """Clip the losses at ``TAIL_CLIP`` x the starting level (median of the first steps).
+
+    The last steps of a sweep that diverged can be 100x the rest; a backward EMA would
+    carry them far back into the valley. Values above the starting level say nothing
+    about the valley, so clipping them loses nothing.
+    """
+    start = float(np.median(losses[:START_STEPS]))
+    return np.minimum(losses, TAIL_CLIP * start) if start > 0 else losses
+
+
+def sustained_max(values: np.ndarray, width: int) -> float:
+    """The highest level ``values`` stays at or above for ``width`` consecutive steps.
+
+    A morphological opening: the maximum over windows of each window's minimum. A spike
+    narrower than ``width`` does not count.
+    """
+    width = max(1, min(width, len(values)))
+    windows = np.lib.stride_tricks.sliding_window_view(values, width)
+    return float(windows.min(axis=1).max())
+
+
+def _last_crossing(x: np.ndarray, s: np.ndarray, level: float, i_min: int) -> float:
+    """The LR where ``s`` last comes down through ``level`` before ``i_min`` (log-linear interpolation)."""
+    above = np.nonzero(s[:i_min] >= level)[0]
+    if len(above) == 0:  # smoothing pulled the plateau under the level: the valley starts at once
+        return float(x[0])
+    j = int(above[-1])  # s[j] >= level > s[j + 1]
+    frac = (s[j] - level) / max(s[j] - s[j + 1], 1e-12)
+    return math.exp(math.log(x[j]) + frac * (math.log(x[j + 1]) - math.log(x[j])))
+
+
+def suggest_lr(lrs: np.ndarray | list[float], losses: np.ndarray | list[float]) -> tuple[float, str]:
+    """The suggested learning rate of a range-test curve and the rule that chose it.
+
+    A pure function of the curve (the same curve always gives the same answer).
+
+    Args:
+        lrs: increasing learning rates, one per step.
+        losses: the raw loss of each step.
+
+    Returns:
+        ``(lr, rule)``; ``rule`` names the rule in words.
+    """
+    result = analyse_curve(np.asarray(lrs), np.asarray(losses))
+    return result.suggestion, result.rule
+
+
+# --------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class LRFindResult:
+    """A learning-rate range test: the curve, the suggestion and how it was chosen."""
+
+    lrs: list[float]  # one per recorded step
+    losses: list[float]  # raw mini-batch losses
+    smoothed: list[float | None]  # the curve the rule read (None over the ignored first steps)
+    suggestion: float
+    rule: str
+    min_lr: float  # the LR of the smoothed loss's minimum
+    stopped_early: bool  # the loss diverged (or became NaN/inf) before the last step
+    stop_reason: str | None = None
+    start: float = 1e-7
+    end: float = 10.0
+    steps: int = 100
+    diverge: float = 4.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LRFindResult:
+        """Read a result back from ``lr_find.json`` (or the folder holding it)."""
+        import json
+
+        path = Path(path)
+        path = path / "lr_find.json" if path.is_dir() else path
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise CnnlabError(f"{path} is not an lr_find.json written by `cnnlab lr-find` ({str(exc)[:120]})") from None
+
+    def line(self) -> str:
+        """One line for the terminal: the suggestion and the rule that chose it."""
+        stop = f"; stopped early: {self.stop_reason}" if self.stopped_early else ""
+        return (f"suggested lr {self.suggestion:.3g} (loss minimum at lr {self.min_lr:.3g}{stop}) "
+                f"-- rule: {self.rule}")  # fmt: skip
+
+    def plot(self, path: str | Path) -> Path:
+        """Save loss vs learning rate (log x axis), the smoothed curve and the suggestion as a PNG."""
+        from cnnlab.report.plots import pyplot, save_figure
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+        ax.plot(self.lrs, self.losses, color="0.7", lw=1, label="mini-batch loss")
+        smoothed = np.array([np.nan if v is None else v for v in self.smoothed])
+        ax.plot(self.lrs, smoothed, color="C0", lw=2, label="smoothed")
+        ax.axvline(self.suggestion, color="C3", ls="--", label=f"suggestion {self.suggestion:.2g}")
+        ax.axvline(self.min_lr, color="0.4", ls=":", label=f"minimum {self.min_lr:.2g}")
+        ax.set_xscale("log")
+        finite = smoothed[np.isfinite(smoothed)]
+        if finite.size:  # the divergent tail would flatten the interesting part
+            low, high = float(finite.min()), float(np.nanmax(finite[: int(np.argmin(finite)) + 1]))
+            pad = 0.15 * max(high - low, 1e-3)
+            ax.set_ylim(low - pad, high + 2 * pad)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title("learning-rate range test" + (" (stopped early: diverged)" if self.stopped_early else ""), fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return save_figure(fig, path)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``lr_find.json`` and ``lr_find.png`` into ``out_dir``; return the folder."""
+        from cnnlab.io import atomic_write_json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "lr_find.json", self.as_dict())
+        self.plot(out / "lr_find.png")
+        return out
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def lr_find(
+    cfg: RunConfig,
+    *,
+    start: float = 1e-7,
+    end: float = 10.0,
+    steps: int = 100,
+    diverge: float = 4.0,
+    splits: Splits | None = None,
+    model: torch.nn.Module | None = None,
+    runtime: Runtime | None = None,
+    out_dir: str | Path | None = None,
+) -> LRFindResult:
+    """Run a learning-rate range test with the configured model, optimizer and augmentation.
+
+    Args:
+        cfg: the run configuration (:class:`cnnlab.config.RunConfig`); ``cfg.optim.lr``
+            and the schedule are ignored, everything else is used as in training
+            (optimizer, momentum, weight decay, batch size, augmentation, label
+            smoothing, gradient clipping, precision, seed).
+        start: the first learning rate.
+        end: the last learning rate.
+        steps: mini-batches in the sweep (more than one epoch cycles through epochs).
+        diverge: stop once the smoothed loss exceeds this multiple of its minimum.
+        splits: the data (default: loaded from ``cfg``).
+        model: the model to test (default: built from ``cfg``); its weights, buffers,
+            gradients, modes and device are restored afterwards.
+        runtime: device and precision (default: resolved from ``cfg.train``).
+        out_dir: when given, write ``lr_find.json`` and ``lr_find.png`` there.
+
+    Returns:
+        The curve and the suggested learning rate (the same for the same seed).
+
+    Raises:
+        CnnlabError: bad arguments, too few usable steps, or a distributed runtime.
+    """
+    from cnnlab.train import checkpoint as ckpt
+    from cnnlab.train.fit import seed_everything
+    from cnnlab.train.run import build_model, load_data
+    from cnnlab.train.runtime import deterministic, resolve_runtime
+
+    _check_args(start, end, steps, diverge)
+    runtime = runtime or resolve_runtime(cfg.train)
+    if runtime.distributed:
+        raise CnnlabError("lr-find runs in one process; start it without torchrun")
+    splits = splits if splits is not None else load_data(cfg)
+    rng = ckpt.rng_state()  # build_model and the sweep both draw from the global RNGs
+    try:
+        own = model is None
+        model = build_model(cfg, splits) if own else model
+        saved = None if own else _snapshot(model)
+        seed_everything(cfg.train.seed)
+        try:
+            with deterministic(cfg.train.deterministic):
+                lrs, losses, reason = _sweep(model, splits, cfg, runtime, lr_schedule(start, end, steps), diverge, own)
+        finally:
+            if saved is not None:
+                _restore(model, saved)
+    finally:
+        ckpt.set_rng_state(rng)
+    analysis = analyse_curve(np.array(lrs), np.array(losses))
+    result = LRFindResult(
+        lrs=lrs, losses=losses, smoothed=[None if math.isnan(v) else float(v) for v in analysis.smoothed],
+        suggestion=analysis.suggestion, rule=analysis.rule, min_lr=analysis.min_lr,
+        stopped_early=reason is not None, stop_reason=reason, start=start, end=end, steps=steps, diverge=diverge,
+    )  # fmt: skip
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _check_args(start: float, end: float, steps: int, diverge: float) -> None:
+    """Reject settings that cannot give a curve, naming the flag to change."""
+    if not 0 < start < end:
+        raise CnnlabError(f"lr-find needs 0 < --start-lr < --end-lr, got {start:g} and {end:g}")
+    if steps < MIN_SKIP + 10:
+        raise CnnlabError(f"lr-find needs at least {MIN_SKIP + 10} --steps to read a curve, got {steps}")
+    if not diverge > 1:
+        raise CnnlabError(f"lr-find --diverge must be above 1 (a multiple of the minimum loss), got {diverge:g}")
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, Any]:
+    """Everything the sweep changes in a caller's model: weights, buffers, grads, modes, device."""
+    first = next(iter(model.parameters()), None)
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "grads": {n: (None if p.grad is None else p.grad.detach().clone()) for n, p in model.named_parameters()},
+        "modes": [(m, m.training) for m in model.modules()],
+        "device": None if first is None else first.device,
+    }
+
+
+def _restore(model: torch.nn.Module, saved: dict[str, Any]) -> None:
+    """Put back what :func:`_snapshot` saved (device first, so the weights land where they were)."""
+    if saved["device"] is not None:
+        model.to(saved["device"])
+    model.load_state_dict(saved["state"])
+    for name, p in model.named_parameters():
+        grad = saved["grads"][name]
+        p.grad = None if grad is None else grad.to(p.device)
+    for module, training in saved["modes"]:
+        module.training = training
+
+
+def _sweep(
+    model: torch.nn.Module,
+    splits: Splits,
+    cfg: RunConfig,
+    runtime: Runtime,
+    schedule: np.ndarray,
+    diverge: float,
+    channels_last: bool,
+) -> tuple[list[float], list[float], str | None]:
+    """Train one batch per learning rate; return the LRs and losses recorded and why it stopped early."""
+    import torch
+    from torch import nn
+
+    from cnnlab.data.augment import build_augment
+    from cnnlab.data.loader import DeviceLoader
+    from cnnlab.train.optim import build_optimizer, set_lr
+
+    tc = cfg.train
+    mean, std = splits.stats
+    loader = DeviceLoader(splits.train, batch_size=tc.batch_size, mean=mean, std=std, train=True, seed=tc.seed,
+                          augment=build_augment(cfg.data.augment, mean=mean), device=runtime.device,
+                          channels_last=runtime.channels_last)  # fmt: skip
+    model.to(runtime.device)
+    if channels_last and runtime.channels_last:  # only for a model we built: a caller's keeps its layout
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = build_optimizer(model, cfg.optim)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    batches = _endless(loader)
+    lrs: list[float] = []
+    losses: list[float] = []
+    avg, best = 0.0, math.inf
+    for t, lr in enumerate(schedule, start=1):
+        x, y = next(batches)
+        set_lr(optimizer, float(lr))
+        with runtime.autocast():
+            loss = loss_fn(model(x).float(), y)
+        value = float(loss.item())
+        if not math.isfinite(value):
+            return lrs, losses, f"the loss became NaN/inf at lr {lr:.3g}"
+        lrs.append(float(lr))
+        losses.append(value)
+        avg = STOP_BETA * avg + (1 - STOP_BETA) * value
+        smooth = avg / (1 - STOP_BETA**t)
+        best = min(best, smooth)
+        if t > MIN_SKIP and smooth > diverge * best:
+            return lrs, losses, f"the smoothed loss exceeded {diverge:g}x its minimum at lr {lr:.3g}"
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+    return lrs, losses, None
+
+
+def _endless(loader: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, epoch after epoch (each epoch its own permutation and augmentation)."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1

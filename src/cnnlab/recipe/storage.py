@@ -1,0 +1,217 @@
+"""Where a hyperparameter search keeps its study, and how dead workers are noticed.
+
+Two kinds of storage, both safe for several worker processes:
+
+* a **journal file** (the default, ``<out>/study.journal``): an append-only log that
+  Optuna locks for every write, so local worker processes can share it. Written as
+  ``journal:PATH`` (or a bare path ending in ``.journal``).
+* a **database** (``postgresql://USER@HOST:PORT/DB``, ``sqlite:///FILE``, any SQLAlchemy
+  URL): workers on any machine can join. Every running trial writes a heartbeat; a
+  trial whose worker stopped beating for ``3 × heartbeat`` seconds is marked FAIL by the
+  next worker that starts a trial, so a killed worker loses only its running trial.
+
+The journal has no heartbeat, so each trial records ``host:pid`` of its worker and a
+trial still RUNNING on this host whose process is gone is marked FAIL instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    import optuna
+
+JOURNAL_NAME = "study.journal"
+JOURNAL_PREFIX = "journal:"
+DEFAULT_HEARTBEAT = 10  # s between heartbeats of a running trial (database storage only)
+GRACE_FACTOR = 3  # a trial is stale after this many missed heartbeats
+WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process running it
+
+
+def import_optuna():  # noqa: ANN201 - the optuna module, imported lazily
+    """Import optuna, or explain how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise CnnlabError("the search needs optuna: pip install 'cnnlab[recipe]' (or 'cnnlab[postgres]')") from None
+    return optuna
+
+
+def is_journal(url: str) -> bool:
+    """True for ``journal:PATH`` and bare ``*.journal`` paths (the file storage)."""
+    return url.startswith(JOURNAL_PREFIX) or ("://" not in url and url.endswith(".journal"))
+
+
+def default_storage_url(out_dir: str | Path) -> str:
+    """The journal file inside a search folder."""
+    return f"{JOURNAL_PREFIX}{Path(out_dir).resolve() / JOURNAL_NAME}"
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for printing and for search.json."""
+    if is_journal(url) or "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage ``url`` names.
+
+    Args:
+        url: ``journal:PATH`` / ``PATH.journal`` for a journal file, else a SQLAlchemy URL.
+        heartbeat: seconds between heartbeats of running trials (databases only); None
+            turns stale-trial detection off.
+
+    Raises:
+        CnnlabError: the URL is malformed, its driver is missing or the server is unreachable.
+    """
+    optuna = import_optuna()
+    if is_journal(url):
+        return _open_journal(Path(url.removeprefix(JOURNAL_PREFIX)))
+    if "://" not in url:
+        raise CnnlabError(
+            f"unknown study storage '{url}': use a .journal file, journal:PATH, "
+            "postgresql://USER@HOST:PORT/DB or sqlite:///FILE"
+        )
+    kwargs = {}
+    if heartbeat:
+        kwargs = {"heartbeat_interval": int(heartbeat), "grace_period": GRACE_FACTOR * int(heartbeat)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
+            # pool_pre_ping: a connection dropped by the server while a long trial ran is replaced, not an error.
+            return optuna.storages.RDBStorage(_with_installed_driver(url), engine_kwargs={"pool_pre_ping": True}, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors have many types; all mean "cannot open"
+        reason = _one_line(exc)
+        raise CnnlabError(
+            f"cannot open the study storage {redact(url)}: {reason}; check the URL "
+            "(postgresql://USER@HOST:PORT/DB, sqlite:///FILE), that the server runs, and that its driver is installed "
+            "(pip install 'cnnlab[postgres]')"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver error on one short line, without SQLAlchemy's "(module.Error)" prefix and link."""
+    import re
+
+    text = str(exc).split("(Background on this error")[0]
+    text = re.sub(r"^\([\w.]+\)\s*", "", " ".join(text.split()))
+    return text[:200].rstrip(" .") or type(exc).__name__
+
+
+def _with_installed_driver(url: str) -> str:
+    """Name the PostgreSQL driver that is installed when the URL names none.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, 2.0 as psycopg2; cnnlab's
+    ``postgres`` extra installs psycopg2-binary, so pick whichever of the two imports.
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}{sep}{rest}"
+    return url
+
+
+def _open_journal(path: Path) -> optuna.storages.BaseStorage:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The open-lock (O_EXCL lock file) works where symlinks do not (Windows, some network file systems).
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    except OSError as exc:
+        raise CnnlabError(f"cannot open the study journal {path}: {exc.strerror or exc}; choose another --out") from None
+    return optuna.storages.JournalStorage(backend)
+
+
+# --------------------------------------------------------------------------- dead workers
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _worker_is_dead(worker: str | None) -> bool:
+    """True only when ``worker`` ran on this host and its process is gone (never guesses for other hosts)."""
+    if not worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker died; return their numbers.
+
+    Databases use Optuna's heartbeat (trials that missed ``3 × heartbeat`` s); the journal
+    checks whether the recorded worker process still exists on this host.
+    """
+    optuna = import_optuna()
+    from optuna.trial import TrialState
+
+    storage = study._storage  # noqa: SLF001 - optuna offers no public accessor for a study's storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)():
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return sorted(before - after - _finished(study))
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _worker_is_dead(trial.user_attrs.get(WORKER_ATTR)):
+            try:
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+            except RuntimeError:  # it finished (or another worker failed it) in the meantime
+                continue
+            failed.append(trial.number)
+    return failed
+
+
+def _finished(study: optuna.Study) -> set[int]:
+    from optuna.trial import TrialState
+
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+
+
+def watched_running_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials whose worker's death this process would notice (heartbeat, or a local pid).
+
+    A finished worker waits for these before it exits, so that a trial lost with a killed
+    worker is re-run; trials it could never see fail are not waited for.
+    """
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # noqa: SLF001
+        return running
+    host = socket.gethostname()
+    return [t for t in running if (t.user_attrs.get(WORKER_ATTR) or "").rpartition(":")[0] == host]

@@ -1,0 +1,146 @@
+"""The whole recipe on tiny synthetic data: steps in order, best.yaml, final run, resume, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cnnlab.cli.main import main
+from cnnlab.config import load_run_config
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe.recipe import RecipeOptions, RecipeState, adjust_space, run_recipe
+from cnnlab.recipe.search import SearchSpace
+
+pytest.importorskip("optuna", reason="the recipe needs optuna (pip install 'cnnlab[recipe]')")
+
+DATA = "synthetic:classes=3,n=600,size=12,channels=1"
+OPTIONS = RecipeOptions(budget_seconds=None, coarse_trials=3, refine_trials=2, coarse_epochs=1, refine_epochs=2,
+                        search_subset=None, final_epochs=2, max_rounds=1, sampler="random", pruner="none")  # fmt: skip
+
+
+def _cfg(**model):  # noqa: ANN202
+    return load_run_config(None, {
+        "data": {"source": DATA}, "model": {"name": "simple", "options": {"spec": "c16-p-c32-p-fc32"}, **model},
+        "train": {"epochs": 2, "batch_size": 32, "checkpoint_minutes": 0, "device": "cpu"},
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def recipe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("recipe") / "r"
+    result = run_recipe(_cfg(), out, OPTIONS, verbose=False)
+    assert result.stopped is None and result.test_acc is not None
+    return out
+
+
+def test_recipe_runs_every_step_in_order(recipe_dir: Path) -> None:
+    state = RecipeState.load(recipe_dir)
+    assert state.finished
+    assert state.order == ["check", "overfit", "lr_find", "coarse", "diagnose-1", "refine-1", "chosen", "final"]
+    assert state.steps["check"]["passed"] and state.steps["overfit"]["passed"]
+    coarse, refine = state.steps["coarse"], state.steps["refine-1"]
+    assert len(coarse["trials"]) == 3 and len(refine["trials"]) == 2
+    lr = state.steps["lr_find"]["suggestion"]
+    lo, hi, _ = coarse["space"]["optim.lr"]
+    min_lr = state.steps["lr_find"]["min_lr"]  # the search is centred on the LR finder's pick, up to the loss minimum
+    assert lo == pytest.approx(lr / 10) and hi == pytest.approx(max(lr * 10, min_lr))
+    rlo, rhi, _ = refine["space"]["optim.lr"]
+    assert lo <= rlo and rhi <= hi and (rlo, rhi) != (lo, hi)  # refine narrowed the coarse range
+    final = state.steps["final"]
+    assert final["test_acc"] > 0.5 and final["epochs"] == 2  # 3 classes: chance is 33%
+    assert (recipe_dir / "final" / "best.pt").is_file() and (recipe_dir / "final" / "summary.json").is_file()
+
+
+def test_best_yaml_trains_the_chosen_configuration(recipe_dir: Path) -> None:
+    cfg = load_run_config(recipe_dir / "best.yaml")
+    chosen = RecipeState.load(recipe_dir).steps["chosen"]["params"]
+    assert cfg.optim.lr == pytest.approx(chosen["optim.lr"]) and cfg.optim.weight_decay == pytest.approx(chosen["optim.weight_decay"])
+    assert cfg.model.dropout == pytest.approx(chosen["model.dropout"])  # the model has head dropout: it was searched
+    assert cfg.train.train_subset is None  # the final model trains on all the data, not the search subset
+
+
+def test_finished_recipe_refuses_to_resume_and_to_be_overwritten(recipe_dir: Path) -> None:
+    with pytest.raises(CnnlabError, match="already finished"):
+        run_recipe(None, recipe_dir, resume=True, verbose=False)
+    with pytest.raises(CnnlabError, match="--resume"):
+        run_recipe(_cfg(), recipe_dir, OPTIONS, verbose=False)
+
+
+def test_resume_continues_from_the_last_finished_step(recipe_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    shutil.copytree(recipe_dir, out)
+    state = RecipeState.load(out)
+    for name in ("refine-1", "chosen", "final"):  # as if killed during the refine search
+        state.steps.pop(name)
+        state.order.remove(name)
+    state.finished = False
+    state.save(out)
+    shutil.rmtree(out / "final")
+    kept = {k: json.dumps(state.steps[k], sort_keys=True) for k in ("check", "overfit", "lr_find", "coarse")}
+    result = run_recipe(None, out, resume=True, verbose=False)
+    after = RecipeState.load(out)
+    assert after.finished and result.test_acc is not None
+    assert {k: json.dumps(after.steps[k], sort_keys=True) for k in kept} == kept  # done steps were not redone
+    assert after.order[-3:] == ["refine-1", "chosen", "final"]
+
+
+def test_failed_check_stops_the_recipe_with_the_reason(tmp_path: Path) -> None:
+    cfg = _cfg(init="normal:1.0", prior_bias=False)  # huge initial logits: the initial loss is far from ln(3)
+    result = run_recipe(cfg, tmp_path / "r", OPTIONS, verbose=False)
+    assert result.stopped and "check failed" in result.stopped and result.test_acc is None
+    assert RecipeState.load(tmp_path / "r").order == ["check"]
+    assert result.report is not None and "FAIL" in result.report.read_text()
+
+
+def test_adjust_space_follows_the_diagnosis() -> None:
+    space = SearchSpace(lr=(0.01, 1.0), weight_decay=(1e-5, 1e-3), dropout=(0.0, 0.3))
+    lower, moves = adjust_space(space, {"lr_scale": 0.3})
+    assert lower.lr == pytest.approx((0.003, 0.3)) and lower.weight_decay == space.weight_decay and len(moves) == 1
+    more, _ = adjust_space(space, {"more_regularisation": True})
+    assert more.weight_decay == pytest.approx((3e-5, 3e-3)) and more.dropout == pytest.approx((0.1, 0.4))
+    same, moves = adjust_space(space, {})
+    assert same == space and moves == []
+
+
+def test_budget_is_required_and_sane() -> None:
+    with pytest.raises(CnnlabError, match="budget"):
+        RecipeOptions(budget_seconds=None, coarse_trials=None)
+    with pytest.raises(CnnlabError, match="too short"):
+        RecipeOptions(budget_seconds=10)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_report_renders_in_a_real_browser(recipe_dir: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CNNLAB_REQUIRE_SYSTEM_TESTS") == "1":
+            pytest.fail("chromium is missing; bash scripts/ensure-system-deps.sh installs it")
+        pytest.skip("needs chromium (bash scripts/ensure-system-deps.sh installs it)")
+    report = recipe_dir / "report.html"
+    text = report.read_text()
+    for heading in ("1. Check the setup", "2. Overfit a tiny sample", "3. Learning-rate finder", "Search, diagnose, refine",
+                    "Chosen configuration", "Final model"):  # fmt: skip
+        assert heading in text, heading
+    assert "src='http" not in text and 'src="http' not in text  # self-contained: nothing fetched
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    assert 'id="selfcheck" data-ok="yes"' in dom, dom[-400:]
+    n_images = int(dom.split('id="selfcheck"')[1].split("images=")[1].split()[0])
+    assert n_images >= 5  # overfit, lr finder, trials, parameters, curves, confusion
+
+
+def test_cli_recipe_resume_of_a_missing_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipe", "--resume", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnlab: error:") and "recipe.json" in err and len(err.splitlines()) == 1
