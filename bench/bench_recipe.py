@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cnnlab.cli.common import parse_duration
 from cnnlab.config import load_run_config
+from cnnlab.infer.evaluate import evaluate_checkpoint
 from cnnlab.recipe.recipe import RecipeOptions, run_recipe
 from cnnlab.recipe.search import SearchSpace, run_search
 
@@ -51,9 +52,9 @@ def bench_random(args: argparse.Namespace, seconds: float) -> dict:
     result = run_search(_config(args), space, stage="coarse", out_dir=Path(args.out) / "random", study_name="random",
                         timeout=seconds, epochs=args.baseline_epochs, sampler="random", pruner="none")  # fmt: skip
     best = result.as_dict()["best"]
-    summary = json.loads((Path(best["run_dir"]) / "summary.json").read_text())
+    test = evaluate_checkpoint(best["run_dir"], device="cpu")  # the chosen trial, tested once (trials never see test)
     done = [t for t in result.as_dict()["trials"] if t.get("state") == "COMPLETE"]
-    return {"test_acc": summary["test_acc"], "best_val_acc": best["value"], "trials": len(done),
+    return {"test_acc": test.metrics.accuracy, "best_val_acc": best["value"], "trials": len(done),
             "seconds": time.perf_counter() - start, "params": best["params"]}  # fmt: skip
 
 

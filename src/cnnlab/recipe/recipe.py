@@ -43,9 +43,11 @@ STATE_FILE = "recipe.json"
 
 # Share of the budget kept for the final training (the rest goes to steps 1-6): the final
 # model trains on all the data for several epochs, a search trial on a subset for a few.
-FINAL_SHARE = 0.4
+FINAL_SHARE = 0.5
 # Share of the search time spent on the coarse stage; refine rounds split the rest.
 COARSE_SHARE = 0.45
+# A refine round gets at least this many trials' time, else the rounds left merge into one.
+MIN_ROUND_TRIALS = 3
 # A refine round must raise the best validation accuracy by this much to earn another round.
 MIN_IMPROVEMENT = 0.002
 
@@ -223,8 +225,8 @@ class _Runner:
         return result
 
     def _say(self, text: str) -> None:
-        if self.verbose:
-            print(f"recipe [{self.clock.spent() / 60:5.1f} min] {text}", flush=True)
+        """A progress line (always shown: ``verbose`` is about the final training's epoch lines)."""
+        print(f"recipe [{self.clock.spent() / 60:5.1f} min] {text}", flush=True)
 
     def splits(self):  # noqa: ANN201 - Splits, loaded once for steps 1-3
         if self._splits is None:
@@ -298,9 +300,13 @@ class _Runner:
             name = f"refine-{round_}"
             if name not in self.state.steps:
                 rounds_left = self.opt.max_rounds - round_ + 1
-                seconds = self._search_seconds() / rounds_left if self.opt.budget_seconds else math.inf
-                if seconds < self._min_trial_seconds(previous):
-                    self._say(f"{name}: skipped, the budget left ({seconds:.0f} s) is less than one trial")
+                left = self._search_seconds() if self.opt.budget_seconds else math.inf
+                trial = self._min_trial_seconds(previous)
+                seconds = left / rounds_left
+                if seconds < MIN_ROUND_TRIALS * trial:  # too little for several rounds: one last round gets it all
+                    seconds = left
+                if seconds < trial:
+                    self._say(f"{name}: skipped, the search time left ({seconds:.0f} s) is less than one trial (~{trial:.0f} s)")
                     break
                 diagnosis = self._step(f"diagnose-{round_}", self._diagnose, previous)
                 new_space = self._next_space(previous, diagnosis, name)
@@ -318,9 +324,10 @@ class _Runner:
         self._choose(best)
 
     def _min_trial_seconds(self, search: dict[str, Any]) -> float:
-        done = [t["seconds"] for t in search.get("trials", []) if t.get("state") == "COMPLETE" and t.get("seconds")]
-        per_epoch = (sorted(done)[len(done) // 2] / max(self.opt.coarse_epochs, 1)) if done else 0.0
-        return per_epoch * self.opt.refine_epochs
+        """The wall time of one refine trial, from the measured epochs of ``search``'s trials."""
+        per_epoch = [t["seconds"] / t["epochs"] for t in search.get("trials", [])
+                     if t.get("state") == "COMPLETE" and t.get("seconds") and t.get("epochs")]  # fmt: skip
+        return sorted(per_epoch)[len(per_epoch) // 2] * self.opt.refine_epochs if per_epoch else 0.0
 
     def _search(self, study: str, stage: str, space, seconds: float, trials: int | None, epochs: int) -> dict[str, Any]:  # noqa: ANN001
         from cnnlab.recipe.search import run_search

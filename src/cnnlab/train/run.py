@@ -95,6 +95,7 @@ def run_training(
     runtime: Runtime | None = None,
     on_epoch_end=None,  # noqa: ANN001 - see fit()
     verbose: bool = True,
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Train, validate and test; write the run folder; return the summary.
 
@@ -105,6 +106,8 @@ def run_training(
         runtime: device/precision (default: from the config).
         on_epoch_end: see :func:`cnnlab.train.fit.fit`.
         verbose: print epoch lines.
+        evaluate_test: evaluate the best weights on the test split at the end (a search
+            trial does not: it is chosen by validation accuracy, the test split stays unseen).
 
     Returns:
         The contents of ``summary.json``.
@@ -153,20 +156,22 @@ def run_training(
     history = fit_fn(model, splits, cfg, runtime=runtime, run_dir=run_dir, resume=state, on_epoch_end=on_epoch_end, verbose=verbose)
     if history.stopped == "interrupted":
         raise KeyboardInterrupt
-    summary = finish_run(model, splits, cfg, history, run_dir, runtime, wall_seconds=time.perf_counter() - start)
+    summary = finish_run(model, splits, cfg, history, run_dir, runtime, wall_seconds=time.perf_counter() - start,
+                         evaluate_test=evaluate_test)
     return summary
 
 
 def finish_run(
-    model: torch.nn.Module, splits: Splits, cfg: RunConfig, history: History, run_dir: Path, runtime: Runtime, *, wall_seconds: float
+    model: torch.nn.Module, splits: Splits, cfg: RunConfig, history: History, run_dir: Path, runtime: Runtime, *,
+    wall_seconds: float, evaluate_test: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the best weights on the test split (once) and write summary.json."""
+    """Evaluate the best weights on the test split (once, unless told not to) and write summary.json."""
     best = run_dir / "best.pt"
     if best.is_file():
         model.load_state_dict(ckpt.load_checkpoint(best, map_location=runtime.device)["model"])
     mean, std = splits.stats
     test = None
-    if len(splits.test):
+    if evaluate_test and len(splits.test):
         loader = DeviceLoader(splits.test, batch_size=cfg.train.eval_batch_size, mean=mean, std=std, train=False,
                               device=runtime.device, rank=runtime.rank, world_size=runtime.world_size,
                               channels_last=runtime.channels_last)  # fmt: skip
