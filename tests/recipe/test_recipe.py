@@ -51,6 +51,9 @@ def test_recipe_runs_every_step_in_order(recipe_dir: Path) -> None:
     assert lo == pytest.approx(lr / 10) and hi == pytest.approx(max(lr * 10, min_lr))
     rlo, rhi, _ = refine["space"]["optim.lr"]
     assert lo <= rlo and rhi <= hi and (rlo, rhi) != (lo, hi)  # refine narrowed the coarse range
+    first = min(refine["trials"], key=lambda t: t["number"])
+    assert first["params"] == coarse["best"]["params"]  # refine starts from the best coarse point, trained longer
+    assert [t["params"] for t in refine["trials"][1:]] != [t["params"] for t in coarse["trials"][1:3]]  # fresh draws
     final = state.steps["final"]
     assert final["test_acc"] > 0.5 and final["epochs"] == 2  # 3 classes: chance is 33%
     assert (recipe_dir / "final" / "best.pt").is_file() and (recipe_dir / "final" / "summary.json").is_file()

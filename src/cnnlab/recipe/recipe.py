@@ -311,7 +311,7 @@ class _Runner:
                 diagnosis = self._step(f"diagnose-{round_}", self._diagnose, previous)
                 new_space = self._next_space(previous, diagnosis, name)
                 refined = self._step(name, self._search, name, "refine", new_space, seconds, self.opt.refine_trials,
-                                     self.opt.refine_epochs)  # fmt: skip
+                                     self.opt.refine_epochs, _inside(best, new_space))  # fmt: skip
             else:
                 refined = self.state.steps[name]
             gain = _best_value(refined) - _best_value(best)
@@ -329,8 +329,14 @@ class _Runner:
                      if t.get("state") == "COMPLETE" and t.get("seconds") and t.get("epochs")]  # fmt: skip
         return sorted(per_epoch)[len(per_epoch) // 2] * self.opt.refine_epochs if per_epoch else 0.0
 
-    def _search(self, study: str, stage: str, space, seconds: float, trials: int | None, epochs: int) -> dict[str, Any]:  # noqa: ANN001
+    def _search(self, study: str, stage: str, space, seconds: float, trials: int | None, epochs: int,  # noqa: ANN001
+                start_from: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        """One search stage. ``start_from``: parameters tried first (the best so far, trained longer)."""
         from cnnlab.recipe.search import run_search
+
+        # Each stage gets its own sampler seed: the same seed would replay the same random
+        # draws (mapped into the new ranges) in every stage.
+        seed = self.opt.seed * 1000 + sum(1 for k in self.state.steps if k == "coarse" or k.startswith("refine-"))
 
         timeout = None if math.isinf(seconds) else max(seconds, 1.0)
         with _quiet_trials():
@@ -338,7 +344,7 @@ class _Runner:
                                 study_name=self._study_name(study),
                                 storage=self.opt.storage, n_trials=trials, timeout=timeout, epochs=epochs,
                                 sampler=self.opt.sampler, pruner=self.opt.pruner, workers=self.opt.workers,
-                                seed=self.opt.seed, verbose=False)  # fmt: skip
+                                seed=seed, verbose=False, enqueue=[start_from] if start_from else ())  # fmt: skip
         out = result.as_dict()
         out["space"] = space.as_dict()
         done = [t for t in out["trials"] if t.get("state") == "COMPLETE"]
@@ -422,7 +428,8 @@ class _Runner:
         n = len(self.splits().train)
         trial_images = min(self._search_cfg().train.train_subset or n, n)
         seconds = sorted(per_epoch)[len(per_epoch) // 2] * n / trial_images  # validation and overheads included
-        return int(min(max(self.clock.left() / seconds, 3), 30))
+        # round, not floor: the estimate includes each trial's start-up, so it runs a little long
+        return int(min(max(round(self.clock.left() / seconds), 3), 30))
 
     def _searches(self) -> list[dict[str, Any]]:
         return [v for k, v in self.state.steps.items() if k == "coarse" or k.startswith("refine-")]
@@ -480,6 +487,17 @@ def adjust_space(space, suggestion: dict[str, Any]):  # noqa: ANN001, ANN201 - S
                 new = dataclasses.replace(new, dropout=(lo, hi))
                 moves.append(f"dropout range -> [{lo:.2f}, {hi:.2f}]")
     return new, moves
+
+
+def _inside(search: dict[str, Any], space) -> dict[str, Any] | None:  # noqa: ANN001 - SearchSpace
+    """The best trial's parameters of ``search`` if every one lies in ``space``'s ranges."""
+    params = (search.get("best") or {}).get("params") or {}
+    knobs = space.knobs()
+    for name, value in params.items():
+        knob = knobs.get(name)
+        if knob is None or (knob[0] == "cat" and value not in knob[1]) or (knob[0] != "cat" and not knob[1] <= value <= knob[2]):
+            return None
+    return dict(params) or None
 
 
 def _has_dropout(cfg: RunConfig) -> bool:
