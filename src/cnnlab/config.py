@@ -23,6 +23,9 @@ from cnnlab.errors import CnnlabError
 T = TypeVar("T")
 
 
+NORMALIZE_MODES = ("standardize", "unit", "raw")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images come from and how they are split, resized and augmented."""
@@ -39,6 +42,9 @@ class DataConfig:
     augment: str = ""  # batched augmentation spec, e.g. "flip,crop:4,cutout:8" (see cnnlab.data.augment)
     download: bool = True  # fetch named datasets (with checksum) when not found locally
     class_subset: tuple[int, ...] | None = None  # keep only these class indices, relabelled 0..k-1 in this order
+    # What the model sees: per-channel standardisation with the training split's statistics
+    # (standardize), pixels scaled to [0, 1] (unit), or raw [0, 255] values (raw).
+    normalize: str = "standardize"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_split < 1.0:
@@ -51,6 +57,8 @@ class DataConfig:
             raise CnnlabError(f"data.image_size must be at least 4 px, got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise CnnlabError(f"data.channels must be 1 or 3, got {self.channels}")
+        if self.normalize not in NORMALIZE_MODES:
+            raise CnnlabError(f"data.normalize must be one of {', '.join(NORMALIZE_MODES)}, got '{self.normalize}'")
 
 
 @dataclass(frozen=True)

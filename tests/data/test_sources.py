@@ -111,3 +111,25 @@ def test_mnist_folder_under_data_root_in_torchvision_layout(tmp_path) -> None:
 def test_missing_dataset_without_download_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(CnnlabError, match="mnist not found"):
         load_splits(DataConfig(source="mnist", root=str(tmp_path), download=False))
+
+
+@pytest.mark.parametrize(("mode", "lo", "hi"), [("unit", 0.0, 1.0), ("raw", 0.0, 255.0)])
+def test_normalize_modes_feed_unit_or_raw_pixels(mode: str, lo: float, hi: float) -> None:
+    from cnnlab.config import DataConfig
+    from cnnlab.data.loader import DeviceLoader
+    from cnnlab.data.sources import load_splits
+
+    splits = load_splits(DataConfig(source="synthetic:classes=3,n=60,size=8", normalize=mode))
+    mean, std = splits.stats
+    x, _ = next(iter(DeviceLoader(splits.train, batch_size=16, mean=mean, std=std, train=False)))
+    expected = splits.train.images[:16].astype("float32") * (hi / 255.0)
+    assert x.min() >= lo and x.max() <= hi and np.allclose(x.numpy(), expected, atol=1e-4)
+    standard = load_splits(DataConfig(source="synthetic:classes=3,n=60,size=8"))
+    assert standard.fingerprint == splits.fingerprint and standard.stats != splits.stats
+
+
+def test_normalize_rejects_unknown_modes() -> None:
+    from cnnlab.config import DataConfig
+
+    with pytest.raises(CnnlabError, match="data.normalize"):
+        DataConfig(normalize="zscore")

@@ -48,7 +48,7 @@ def test_recipe_runs_every_step_in_order(recipe_dir: Path) -> None:
     lr = state.steps["lr_find"]["suggestion"]
     lo, hi, _ = coarse["space"]["optim.lr"]
     min_lr = state.steps["lr_find"]["min_lr"]  # the search is centred on the LR finder's pick, up to the loss minimum
-    assert lo == pytest.approx(lr / 10) and hi == pytest.approx(max(lr * 10, min_lr))
+    assert lo == pytest.approx(lr / 10) and hi == pytest.approx(max(lr * 10, 10 * min_lr))
     rlo, rhi, _ = refine["space"]["optim.lr"]
     assert lo <= rlo and rhi <= hi and (rlo, rhi) != (lo, hi)  # refine narrowed the coarse range
     first = min(refine["trials"], key=lambda t: t["number"])
@@ -147,3 +147,35 @@ def test_cli_recipe_resume_of_a_missing_folder_is_one_line(tmp_path: Path, capsy
     assert main(["recipe", "--resume", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("cnnlab: error:") and "recipe.json" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_recipe_killed_in_its_search_resumes(tmp_path: Path) -> None:
+    """SIGKILL the recipe process during the coarse search; --resume keeps its finished trials."""
+    import signal
+    import sys
+    import time
+
+    out = tmp_path / "r"
+    args = ["recipe", "--data", DATA, "--model", "simple", "--model-opt", "spec=c16-p-c32-p-fc32", "--dropout", "0.1",
+            "--batch-size", "32", "--device", "cpu", "--budget", "10m", "--trials", "4", "--coarse-epochs", "1",
+            "--refine-epochs", "2", "--rounds", "1", "--final-epochs", "2", "--search-subset", "0", "--sampler", "random",
+            "--pruner", "none", "--out", str(out), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    trials = out / "search" / "coarse" / "trials"
+    deadline = time.monotonic() + 180
+    while not (trials.is_dir() and any((t / "summary.json").is_file() for t in trials.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "the recipe ended before its first coarse trial finished"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = RecipeState.load(out)
+    assert state.order == ["check", "overfit", "lr_find"] and not state.finished  # killed inside the coarse search
+    finished = {t.name for t in trials.iterdir() if (t / "summary.json").is_file()}
+    assert main(["recipe", "--resume", str(out), "--quiet"]) == 0
+    after = RecipeState.load(out)
+    assert after.finished and after.order[:3] == ["check", "overfit", "lr_find"]
+    assert {k: after.steps[k] for k in ("check", "overfit", "lr_find")} == {k: state.steps[k] for k in ("check", "overfit", "lr_find")}
+    kept = {Path(t["run_dir"]).name for t in after.steps["coarse"]["trials"] if t["state"] == "COMPLETE"}
+    assert finished <= kept  # no finished trial was lost or redone

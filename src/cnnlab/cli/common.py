@@ -25,6 +25,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, 
     group.add_argument("--image-size", type=int, metavar="PX", help="resize image folders / CSV images to PX x PX (default: median size, at most 64)")
     group.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 (grayscale) or 3 (RGB) channels")
     group.add_argument("--no-download", action="store_true", help="never download; fail if the dataset is not on disk")
+    group.add_argument("--normalize", choices=("standardize", "unit", "raw"),
+                       help="inputs standardised per channel with the training statistics (default), scaled to [0, 1] (unit), or raw [0, 255]")  # fmt: skip
 
 
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,6 +40,7 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": args.image_size,
         "channels": args.channels,
         "download": False if args.no_download else None,
+        "normalize": getattr(args, "normalize", None),
     }
 
 

@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "search",
     "diagnose",
     "recipe",
+    "lab",
 )
 
 

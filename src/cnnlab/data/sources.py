@@ -81,6 +81,7 @@ class Splits:
     name: str
     fingerprint: str
     skipped: tuple[tuple[str, str], ...] = ()
+    normalize: str = "standardize"  # standardize | unit | raw (see DataConfig.normalize)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -98,7 +99,17 @@ class Splits:
 
     @functools.cached_property
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel (mean, std) of the training split in [0, 1] units, cached on disk."""
+        """The per-channel (mean, std) in [0, 1] units that batches are normalised with.
+
+        ``standardize``: the training split's own statistics (cached on disk), so inputs
+        have zero mean and unit variance per channel; ``unit``: (0, 1), pixels in [0, 1];
+        ``raw``: (0, 1/255), the raw [0, 255] values.
+        """
+        c = self.image_shape[0]
+        if self.normalize == "unit":
+            return (0.0,) * c, (1.0,) * c
+        if self.normalize == "raw":
+            return (0.0,) * c, (1.0 / 255.0,) * c
         return _cached_stats(self.train, self.fingerprint)
 
 
@@ -249,6 +260,8 @@ def load_splits(cfg: DataConfig, *, train_subset: int | None = None, subset_seed
         subset_seed: seeds the choice of the training subset.
     """
     splits = make_splits(load_raw(cfg), cfg)
+    if cfg.normalize != "standardize":
+        splits = dataclasses.replace(splits, normalize=cfg.normalize)
     if cfg.class_subset is not None:
         splits = select_classes(splits, cfg.class_subset)
     if train_subset is not None and train_subset < len(splits.train):

@@ -1,0 +1,71 @@
+"""`cnnlab lab`: each claim of the lecture as an experiment with a table, a plot and a verdict."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  cnnlab lab list
+  cnnlab lab run norm --budget 10m --subset 10000          # Fashion-MNIST by default
+  cnnlab lab run dropout --epochs 15 --seeds 3 --out runs/lab-dropout
+  cnnlab lab run depth --data cifar10 --budget 2h
+  cnnlab lab run init --smoke                                # seconds, on tiny synthetic data
+
+Each arm is a normal run folder under OUT/runs/ (open it with cnnlab eval / diagnose).
+Rerunning the same command continues a stopped lab. The verdict ("supported", "not
+supported", "inconclusive at this budget") is computed from the measured differences
+between arms, seed by seed, never written in advance."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from cnnlab.cli.common import DATA_HELP
+
+    parser = subparsers.add_parser("lab", help="run a lecture claim as an experiment: table, plot, verdict",
+                                   description="The lab: every claim of the lecture as a reproducible experiment.",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)  # fmt: skip
+    sub = parser.add_subparsers(dest="lab_command", metavar="COMMAND")
+    ls = sub.add_parser("list", help="list the experiments and their claims")
+    ls.set_defaults(func=_list)
+    run = sub.add_parser("run", help="run an experiment", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    run.add_argument("name", metavar="NAME", help="an experiment (`cnnlab lab list`)")
+    run.add_argument("--data", default="fashion-mnist", metavar="DATA", help=DATA_HELP)
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--budget", metavar="TIME", help="wall time for all runs, split fairly: the same epochs for every arm")
+    length.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
+    run.add_argument("--subset", type=int, metavar="N", help="train on a stratified subset of N images")
+    run.add_argument("--seeds", type=int, default=1, metavar="K", help="seeds per arm (default 1; 3 gives a spread)")
+    run.add_argument("--batch-size", type=int, default=128)
+    run.add_argument("--smoke", action="store_true", help="tiny synthetic data, 1 epoch: checks the experiment runs")
+    run.add_argument("--out", metavar="DIR", help="the lab folder (default runs/lab-NAME-<time>)")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=_run)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from cnnlab.lab.experiments import EXPERIMENTS
+
+    for exp in EXPERIMENTS.values():
+        print(f"{exp.name:<11} {exp.question} (lecture {exp.section})")
+        print(f"{'':<11} arms: {', '.join(a.name for a in exp.arms)}")
+        for claim in exp.claims:
+            print(f"{'':<11} claim: {claim.text}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from cnnlab.cli.common import parse_duration
+    from cnnlab.lab.runner import LabSettings, run_lab
+
+    settings = LabSettings(data=args.data, epochs=args.epochs, budget_seconds=parse_duration(args.budget), subset=args.subset,
+                           seeds=args.seeds, batch_size=args.batch_size, smoke=args.smoke)  # fmt: skip
+    out = args.out or f"runs/lab-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    result = run_lab(args.name, settings, out, verbose=not args.quiet)
+    print((result.out_dir / "table.md").read_text())
+    for v in result.verdicts:
+        print(v.text)
+    print(f"results: {result.out_dir}/results.csv, table.md, plot.png, verdict.md")
+    return 0

