@@ -17,6 +17,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Fewer finished trials than this make importances noise (fANOVA fits a forest to them).
+MIN_IMPORTANCE_TRIALS = 5
+
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1050px;color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
@@ -180,6 +183,9 @@ def _search_section(searches: Sequence[tuple[str, dict[str, Any]]], steps: dict[
     parts.append("<div class='grid'>" + "".join(_img(p) for p in plots if p) + "</div>")
     if importance:
         parts.append(_img(importance))
+    else:
+        parts.append(f"<p class='muted'>No parameter importances: they need at least {MIN_IMPORTANCE_TRIALS} finished "
+                     "(not pruned) trials in one stage.</p>")  # fmt: skip
     return "".join(parts)
 
 
@@ -250,9 +256,10 @@ def _params_plot(trials: list[tuple[str, dict[str, Any]]], path: Path) -> Path |
 
 
 def _importance_plot(searches: Sequence[tuple[str, dict[str, Any]]], out_dir: Path, path: Path) -> Path | None:
-    """Optuna's hyperparameter importances over the coarse study (fANOVA, else PED-ANOVA)."""
-    coarse = dict(searches).get("coarse") or {}
-    if not coarse.get("storage") or not coarse.get("study_name"):
+    """Optuna's hyperparameter importances over the stage with the most finished trials."""
+    done = lambda s: sum(t.get("state") == "COMPLETE" for t in s.get("trials", []))  # noqa: E731
+    name, coarse = max(searches, key=lambda item: done(item[1]))
+    if done(coarse) < MIN_IMPORTANCE_TRIALS or not coarse.get("storage") or not coarse.get("study_name"):
         return None
     try:
         import optuna
@@ -261,7 +268,7 @@ def _importance_plot(searches: Sequence[tuple[str, dict[str, Any]]], out_dir: Pa
 
         study = optuna.load_study(study_name=coarse["study_name"], storage=_storage(coarse["storage"]))
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(complete) < 3:
+        if len(complete) < MIN_IMPORTANCE_TRIALS:
             return None
         try:
             importances = optuna.importance.get_param_importances(study)
@@ -274,7 +281,7 @@ def _importance_plot(searches: Sequence[tuple[str, dict[str, Any]]], out_dir: Pa
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.45 * len(importances)))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="C2")
-    ax.set(xlabel="importance (share of variance explained)", title="Which hyperparameters mattered (coarse search)")
+    ax.set(xlabel="importance (share of variance explained)", title=f"Which hyperparameters mattered ({name} search)")
     return save_figure(fig, path)
 
 
