@@ -42,6 +42,17 @@ def test_missing_measurements_are_inconclusive_and_bad_thresholds_rejected() -> 
         judge("x", [1.0, 2.0], min_effect=0)
 
 
+def test_at_least_as_good_is_judged_against_the_margin() -> None:
+    # "3x3 is at least as accurate as 7x7", margin 0.5 points: a tie with a tight interval is supported
+    tie = judge("as good", [0.1, -0.1, 0.05, 0.0], min_effect=0.5, non_inferior=True)
+    assert tie.status == SUPPORTED and tie.low > -0.5
+    assert "allows a loss of up to 0.5 points" in tie.text
+    assert judge("as good", [-2.0, -1.8, -2.2], min_effect=0.5, non_inferior=True).status == NOT_SUPPORTED
+    assert judge("as good", [1.0, -2.0, 0.5], min_effect=0.5, non_inferior=True).status == INCONCLUSIVE
+    # the same tie is "not supported" for a claim of superiority
+    assert judge("better", [0.1, -0.1, 0.05, 0.0], min_effect=0.5).status == NOT_SUPPORTED
+
+
 def test_t_quantiles() -> None:
     assert t95(1) == pytest.approx(12.706) and t95(2) == pytest.approx(4.303)
     assert 1.96 < t95(100) < t95(30) < t95(10)

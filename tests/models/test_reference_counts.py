@@ -35,6 +35,17 @@ def test_option_b_shortcut_adds_only_projections() -> None:
     assert n_params(b) - n_params(a) == 16 * 32 + 64 + 32 * 64 + 128
 
 
+def test_cifar_width_scales_every_stage() -> None:
+    # conv weights scale with width squared: width 8 has about a quarter of the weights, and
+    # the plain twin stays exactly as large as its ResNet (option-A shortcuts have none)
+    full, half = n_params(create_model("resnet56")), n_params(create_model("resnet56", width=8))
+    assert 0.24 < half / full < 0.27
+    assert n_params(create_model("plain56", width=8)) == half
+    assert create_model("resnet20", width=8)(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+    with pytest.raises(Exception, match="width must be a positive integer"):
+        create_model("resnet20", width=0)
+
+
 @pytest.mark.parametrize(
     ("ours", "theirs", "options"),
     [

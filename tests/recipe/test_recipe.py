@@ -74,6 +74,19 @@ def test_finished_recipe_refuses_to_resume_and_to_be_overwritten(recipe_dir: Pat
         run_recipe(_cfg(), recipe_dir, OPTIONS, verbose=False)
 
 
+def test_report_of_a_finished_recipe_is_rewritten_from_its_files(recipe_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r"
+    shutil.copytree(recipe_dir, out)
+    before = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    shutil.rmtree(out / "report")
+    assert main(["recipe", "--report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {out / 'report.html'}"
+    after = (out / "report.html").read_text()
+    assert len(after) == pytest.approx(len(before), rel=0.02) and after.count("data:image/png;base64") == before.count("data:image/png;base64")
+    assert RecipeState.load(out).steps == RecipeState.load(recipe_dir).steps  # nothing ran
+
+
 def test_resume_continues_from_the_last_finished_step(recipe_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
     shutil.copytree(recipe_dir, out)

@@ -10,6 +10,7 @@ examples:
   cnnlab lab run norm --budget 10m --subset 10000          # Fashion-MNIST by default
   cnnlab lab run dropout --epochs 15 --seeds 3 --out runs/lab-dropout
   cnnlab lab run depth --data cifar10 --budget 2h
+  cnnlab lab run depth --subset 5000 --model-opt width=8 --budget 15m   # CIFAR nets at half width: a CPU
   cnnlab lab run init --smoke                                # seconds, on tiny synthetic data
 
 Each arm is a normal run folder under OUT/runs/ (open it with cnnlab eval / diagnose).
@@ -36,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--subset", type=int, metavar="N", help="train on a stratified subset of N images")
     run.add_argument("--seeds", type=int, default=1, metavar="K", help="seeds per arm (default 1; 3 gives a spread)")
     run.add_argument("--batch-size", type=int, default=128)
+    run.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="a model option for every arm, applied last (repeatable), e.g. width=8 for the depth experiment's CIFAR nets")
     run.add_argument("--smoke", action="store_true", help="tiny synthetic data, 1 epoch: checks the experiment runs")
     run.add_argument("--out", metavar="DIR", help="the lab folder (default runs/lab-NAME-<time>)")
     run.add_argument("--quiet", action="store_true")
@@ -58,10 +61,12 @@ def _run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from cnnlab.cli.common import parse_duration
+    from cnnlab.cli.train import parse_model_options
     from cnnlab.lab.runner import LabSettings, run_lab
 
     settings = LabSettings(data=args.data, epochs=args.epochs, budget_seconds=parse_duration(args.budget), subset=args.subset,
-                           seeds=args.seeds, batch_size=args.batch_size, smoke=args.smoke)  # fmt: skip
+                           seeds=args.seeds, batch_size=args.batch_size, smoke=args.smoke,
+                           model_options=parse_model_options(args.model_opt))  # fmt: skip
     out = args.out or f"runs/lab-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
     result = run_lab(args.name, settings, out, verbose=not args.quiet)
     print((result.out_dir / "table.md").read_text())

@@ -19,6 +19,7 @@ examples:
   cnnlab recipe --data fashion-mnist --model simple --model-opt spec=c32-p-c96-p-c192-p-fc256 --budget 10m
   cnnlab recipe --data cifar10 --model resnet20 --augment standard --budget 2h --out runs/recipe-c10
   cnnlab recipe --resume runs/recipe-c10          # continue after a crash or Ctrl-C
+  cnnlab recipe --report runs/recipe-c10          # only rewrite its report.html
   cnnlab train --config runs/recipe-c10/best.yaml # train the chosen configuration again
 
 The recipe folder holds recipe.json (the steps done), best.yaml, final/ (the final run)
@@ -38,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", metavar="YAML", help="a run config to start from (data/model/optim/schedule/train)")
     parser.add_argument("--out", metavar="DIR", help="the recipe folder (default runs/recipe-<model>-<data>-<time>)")
-    parser.add_argument("--resume", metavar="DIR", help="continue the recipe in this folder from its last finished step")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="DIR", help="continue the recipe in this folder from its last finished step")
+    again.add_argument("--report", metavar="DIR",
+                       help="only rewrite DIR/report.html from the recipe's files (a finished or stopped recipe), e.g. after an upgrade")
     r = parser.add_argument_group("recipe")
     r.add_argument("--budget", default="30m", metavar="TIME", help="wall time for everything, e.g. 10m, 1h (default 30m)")
     r.add_argument("--trials", type=int, metavar="N", help="at most N trials per search stage (default: as many as the budget allows)")
@@ -65,6 +69,11 @@ def _recipe(args: argparse.Namespace) -> int:
     from cnnlab.config import load_run_config
     from cnnlab.recipe.recipe import RecipeOptions, run_recipe
 
+    if args.report:
+        from cnnlab.recipe.recipe import rewrite_report
+
+        print(f"report: {rewrite_report(args.report)}")
+        return 0
     if args.resume:
         result = run_recipe(None, args.resume, resume=True, verbose=not args.quiet)
     else:

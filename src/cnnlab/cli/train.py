@@ -82,16 +82,22 @@ def parse_class_list(text: str | None) -> list[int] | None:
     return out
 
 
-def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Nested overrides for ``load_run_config`` from the parsed flags."""
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    """``--model-opt KEY=VALUE`` flags as a dict (values parsed as YAML scalars: 8 is an int)."""
     from cnnlab.errors import CnnlabError
 
     options = {}
-    for item in args.model_opt:
+    for item in items:
         key, eq, value = item.partition("=")
         if not eq:
             raise CnnlabError(f"--model-opt expects KEY=VALUE, got '{item}'")
         options[key.strip()] = _parse_value(value)
+    return options
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Nested overrides for ``load_run_config`` from the parsed flags."""
+    options = parse_model_options(args.model_opt)
     flag = lambda v: True if v else None  # noqa: E731 - store_true flags override only when given
     return {
         "data": {**data_overrides(args), "augment": args.augment, "class_subset": parse_class_list(args.class_subset)},

@@ -31,6 +31,8 @@ class Claim:
     """``treatment`` beats ``control`` on ``metric`` by at least ``min_effect``.
 
     ``higher_is_better`` says which way "beats" goes (accuracy up, error or gap down).
+    ``non_inferior``: the claim is only "at least as good"; ``min_effect`` is then the
+    margin the treatment may lose by (see :mod:`cnnlab.lab.verdict`).
     """
 
     text: str
@@ -40,6 +42,7 @@ class Claim:
     higher_is_better: bool = True
     min_effect: float = 0.5  # in the metric's unit
     unit: str = "points"
+    non_inferior: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ _register(Experiment(
     base=_model(dropout=0.0),
     arms=(Arm("3x3x3", _model("c64-p-c64-c64-c64-p-c128-p")), Arm("7x7", _model("c64-p-c64k7-p-c128-p"))),
     claims=(Claim("three 3x3 convs are at least as accurate as one 7x7 (test accuracy)", "3x3x3", "7x7", "test_acc",
-                  min_effect=0.3),
+                  min_effect=0.5, non_inferior=True),
             Claim("three 3x3 convs have fewer parameters than one 7x7", "3x3x3", "7x7", "params", higher_is_better=False,
                   min_effect=1000, unit="parameters")),  # fmt: skip
 ))

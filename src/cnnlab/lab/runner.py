@@ -29,7 +29,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class LabSettings:
     seeds: int = 1
     batch_size: int = 128
     smoke: bool = False
+    model_options: dict[str, Any] = field(default_factory=dict)  # applied to every arm's model, last
 
 
 @dataclass
@@ -78,7 +79,8 @@ def arm_config(exp: Experiment, arm: str, settings: LabSettings, seed: int, epoc
     user = {"data": {"source": data},
             "train": {"epochs": epochs, "seed": seed, "train_subset": settings.subset, "batch_size": settings.batch_size,
                       "checkpoint_minutes": 0.0 if settings.smoke else None}}  # fmt: skip
-    return load_run_config(None, merge(merge(user, base), exp.arm(arm).overrides))
+    options = {"model": {"options": dict(settings.model_options)}} if settings.model_options else {}
+    return load_run_config(None, merge(merge(merge(user, base), exp.arm(arm).overrides), options))
 
 
 def run_lab(name: str, settings: LabSettings, out_dir: str | Path, *, verbose: bool = True) -> LabResult:
@@ -162,7 +164,7 @@ def _epoch_seconds(exp: Experiment, arm: str, settings: LabSettings, steps: int 
 
 
 def _run_arm(exp: Experiment, arm: str, settings: LabSettings, seed: int, epochs: int, out_dir: Path, verbose: bool) -> dict[str, Any]:
-    from cnnlab.train.run import run_training
+    from cnnlab.train.run import load_data, run_training
 
     run = out_dir / "runs" / f"{_slug(arm)}-s{seed}"
     diverged = run / "diverged.json"
@@ -180,7 +182,11 @@ def _run_arm(exp: Experiment, arm: str, settings: LabSettings, seed: int, epochs
             # A diverging arm is a result (e.g. init N(0, 1)), not a failure of the lab.
             atomic_write_json(diverged, {"error": str(exc)})
     if diverged.is_file():
-        row = {"run_dir": str(run), "epochs": 0, **{m: float("nan") for m in METRICS}, "diverged": 1.0}
+        # A diverged model predicts nothing: its accuracies count as chance (100 / classes), so a
+        # claim that another arm trains better is judged on it; gap and time are not measured.
+        chance = 100.0 / len(load_data(arm_config(exp, arm, settings, seed, 1)).classes)
+        row = {"run_dir": str(run), "epochs": 0, **{m: float("nan") for m in METRICS}, "diverged": 1.0,
+               "test_acc": chance, "train_acc": chance, "val_acc": chance, "train_err": 100.0 - chance}  # fmt: skip
         if exp.probe is not None:
             row.update(_probe(exp, arm, settings, seed))
         return {"arm": arm, "seed": seed, **row}
@@ -230,7 +236,7 @@ def _judge(claim: Any, rows: list[dict[str, Any]], seeds: int) -> Verdict:
     sign = 1.0 if claim.higher_is_better else -1.0
     diffs = [sign * (by[(claim.treatment, s)][claim.metric] - by[(claim.control, s)][claim.metric])
              for s in range(seeds) if (claim.treatment, s) in by and (claim.control, s) in by]  # fmt: skip
-    return judge(claim.text, diffs, min_effect=claim.min_effect, unit=claim.unit)
+    return judge(claim.text, diffs, min_effect=claim.min_effect, unit=claim.unit, non_inferior=claim.non_inferior)
 
 
 def _write_outputs(exp: Experiment, out: Path, rows: list[dict[str, Any]], verdicts: list[Verdict], settings: LabSettings, epochs: int) -> None:
@@ -251,7 +257,8 @@ def _write_outputs(exp: Experiment, out: Path, rows: list[dict[str, Any]], verdi
 
 def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
     """Mean ± sd of every numeric metric per arm (sd only with several seeds)."""
-    metrics = [k for k in rows[0] if k not in ("arm", "seed", "run_dir", "epochs") and isinstance(rows[0][k], int | float)]
+    hide = ("arm", "seed", "run_dir", "epochs") + (() if any(r.get("diverged") for r in rows) else ("diverged",))
+    metrics = [k for k in rows[0] if k not in hide and isinstance(rows[0][k], int | float)]
     head = "| arm | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics) + "\n"
     body = []
     for arm in exp.arms:

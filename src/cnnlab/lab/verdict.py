@@ -13,6 +13,12 @@ is what the claim predicts). From the differences:
 
 With a single seed there is no spread to build an interval from; a difference is then
 only called when it is at least ``SINGLE_SEED_FACTOR`` times ``min_effect`` either way.
+
+A claim that one arm is **at least as good** as another (``non_inferior``: the treatment
+may lose up to ``min_effect``, the margin) is judged the other way round, as in a
+non-inferiority trial: **supported** when the interval lies above ``-min_effect``, **not
+supported** when it lies below ``-min_effect`` (clearly worse), inconclusive otherwise.
+With one seed, only a difference of ``SINGLE_SEED_FACTOR`` margins either way is called.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class Verdict:
     n: int
     min_effect: float
     unit: str
+    non_inferior: bool = False  # min_effect is the margin the treatment may lose by
 
     @property
     def text(self) -> str:
@@ -60,13 +67,16 @@ class Verdict:
             noise = f" (sd {self.spread:.3g} across {self.n} seeds, 95% CI [{fmt(self.low)}, {fmt(self.high)}])"
         else:
             noise = " (1 seed: no spread measured)"
-        return f"{self.status}: {self.claim}: effect {fmt(self.effect)} {self.unit}{noise}; the claim needs {self.min_effect:g} {self.unit}"
+        need = (f"the claim allows a loss of up to {self.min_effect:g} {self.unit}" if self.non_inferior
+                else f"the claim needs {self.min_effect:g} {self.unit}")  # fmt: skip
+        return f"{self.status}: {self.claim}: effect {fmt(self.effect)} {self.unit}{noise}; {need}"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "text": self.text}
 
 
-def judge(claim: str, differences: Sequence[float], *, min_effect: float, unit: str = "points") -> Verdict:
+def judge(claim: str, differences: Sequence[float], *, min_effect: float, unit: str = "points",
+          non_inferior: bool = False) -> Verdict:  # fmt: skip
     """Judge ``claim`` from per-seed paired differences (see the module docstring).
 
     Args:
@@ -74,24 +84,25 @@ def judge(claim: str, differences: Sequence[float], *, min_effect: float, unit: 
         differences: treatment - control per seed, signed so that > 0 supports the claim.
         min_effect: the smallest difference that counts as an effect (> 0), in ``unit``.
         unit: the unit of the differences, for the text.
+        non_inferior: the claim is "at least as good": ``min_effect`` is the margin the
+            treatment may lose by (see the module docstring).
     """
     diffs = [float(d) for d in differences if d is not None and math.isfinite(d)]
     if not diffs:
-        return Verdict(INCONCLUSIVE, claim, float("nan"), None, None, None, 0, min_effect, unit)
+        return Verdict(INCONCLUSIVE, claim, float("nan"), None, None, None, 0, min_effect, unit, non_inferior)
     if min_effect <= 0:
         raise ValueError("min_effect must be positive")
     n, mean = len(diffs), statistics.fmean(diffs)
     if n == 1:
         big = SINGLE_SEED_FACTOR * min_effect
         status = SUPPORTED if mean >= big else NOT_SUPPORTED if mean <= -big else INCONCLUSIVE
-        return Verdict(status, claim, mean, None, None, None, 1, min_effect, unit)
+        return Verdict(status, claim, mean, None, None, None, 1, min_effect, unit, non_inferior)
     sd = statistics.stdev(diffs)
     half = t95(n - 1) * sd / math.sqrt(n)
     low, high = mean - half, mean + half
-    if low > 0 and mean >= min_effect:
-        status = SUPPORTED
-    elif high < min_effect:
-        status = NOT_SUPPORTED
+    if non_inferior:
+        supported, refuted = low > -min_effect, high < -min_effect
     else:
-        status = INCONCLUSIVE
-    return Verdict(status, claim, mean, sd, low, high, n, min_effect, unit)
+        supported, refuted = low > 0 and mean >= min_effect, high < min_effect
+    status = SUPPORTED if supported else NOT_SUPPORTED if refuted else INCONCLUSIVE
+    return Verdict(status, claim, mean, sd, low, high, n, min_effect, unit, non_inferior)

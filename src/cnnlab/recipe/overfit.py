@@ -356,14 +356,24 @@ def write_overfit(report: OverfitReport, out_dir: str | Path, *, title: str | No
 
 
 def overfit_plot(report: OverfitReport, path: str | Path, *, title: str | None = None) -> Path:
-    """Loss per step on real vs zeroed inputs (log scale), with the pass threshold."""
+    """Loss per step on real vs zeroed inputs (log scale), with the pass threshold.
+
+    With several batches the per-batch loss is drawn faintly and the mean over the last pass
+    (``batches`` steps) boldly: the pass mean is what the verdict reads.
+    """
     from cnnlab.report.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
     finite = lambda xs: [v if math.isfinite(v) and v > 0 else float("nan") for v in xs]  # noqa: E731 - log axis
-    ax.plot(range(1, len(report.loss_curve) + 1), finite(report.loss_curve), "-", label="real inputs")
-    ax.plot(range(1, len(report.zero_loss_curve) + 1), finite(report.zero_loss_curve), "--", label="zeroed inputs")
+    k = max(1, report.batches)  # one pass over the subset: the per-batch loss is a sawtooth over its batches
+    for curve, style, color, name in ((report.loss_curve, "-", "C0", "real inputs"),
+                                      (report.zero_loss_curve, "--", "C1", "zeroed inputs")):  # fmt: skip
+        ax.plot(range(1, len(curve) + 1), finite(curve), style, color=color, alpha=0.3 if k > 1 else 1.0, lw=1,
+                label=f"{name} (batch)" if k > 1 else name)
+        if k > 1 and len(curve) >= k:
+            means = [sum(curve[i - k + 1 : i + 1]) / k for i in range(k - 1, len(curve))]
+            ax.plot(range(k, len(curve) + 1), finite(means), style, color=color, lw=2, label=f"{name} (mean of a pass)")
     ax.axhline(report.max_loss, color="gray", linestyle=":", label=f"pass: loss < {report.max_loss:g}")
     if report.reached_step:
         ax.axvline(report.reached_step, color="green", alpha=0.4, label=f"memorised at step {report.reached_step}")

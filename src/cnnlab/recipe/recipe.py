@@ -162,6 +162,14 @@ class RecipeResult:
         }  # fmt: skip
 
 
+def rewrite_report(out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html`` again from the recipe's state and files; runs nothing."""
+    from cnnlab.recipe.report import write_recipe_report
+
+    out_dir = Path(out_dir)
+    return write_recipe_report(out_dir, RecipeState.load(out_dir))
+
+
 def run_recipe(
     cfg: RunConfig | None, out_dir: str | Path, options: RecipeOptions | None = None, *, resume: bool = False,
     verbose: bool = True,
@@ -173,7 +181,8 @@ def run_recipe(
         cfg = from_dict(RunConfig, state.config)
         options = from_dict(RecipeOptions, state.options, where="recipe")
         if state.finished:
-            raise CnnlabError(f"the recipe in {out_dir} already finished; its report is {out_dir / 'report.html'}")
+            raise CnnlabError(f"the recipe in {out_dir} already finished; its report is {out_dir / 'report.html'} "
+                              f"(rewrite it with `cnnlab recipe --report {out_dir}`)")
         log.info("resuming the recipe in %s after %s (%.0f s spent)", out_dir, ", ".join(state.order) or "no step", state.spent_seconds)
     else:
         if cfg is None:

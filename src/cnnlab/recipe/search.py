@@ -23,18 +23,38 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnlab.config import RunConfig, dump_yaml, from_dict, to_dict
+from cnnlab.config import RunConfig, from_dict, to_dict
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import storage as st
-from cnnlab.recipe.space import DROPOUT, LABEL_SMOOTHING, LR, WD, SearchSpace, coarse_space, refine_space  # noqa: F401 - re-exported
+from cnnlab.recipe.records import (  # noqa: F401 - re-exported
+    SearchResult,
+    SearchSettings,
+    TrialRecord,
+    apply_params,
+    best_config,
+    write_result,
+)
+from cnnlab.recipe.space import (  # noqa: F401 - re-exported
+    DROPOUT,
+    LABEL_SMOOTHING,
+    LR,
+    WD,
+    SearchSpace,
+    coarse_space,
+    refine_space,
+)
+from cnnlab.recipe.workers import (
+    set_torch_threads,
+    spawn_worker,
+    stop_workers,
+    threads_per_worker,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -48,146 +68,6 @@ DEFAULT_EPOCHS = {"coarse": 3, "refine": 8}  # per trial: short runs rank settin
 DEFAULT_TRIALS = {"coarse": 20, "refine": 10}  # when neither a trial count nor a time budget is given
 SETTINGS_ATTR = "cnnlab_search"  # study user attribute holding SearchSettings
 MAX_FAILURES_IN_A_ROW = 3  # a worker gives up after this many failed trials in a row (a broken config)
-
-# --------------------------------------------------------------------------- results
-
-
-def apply_params(cfg: RunConfig, params: Mapping[str, Any]) -> RunConfig:
-    """``cfg`` with each ``config.path -> value`` of ``params`` set (validated like any config)."""
-    data = to_dict(cfg)
-    for path, value in params.items():
-        node = data
-        *parents, leaf = path.split(".")
-        for key in parents:
-            if not isinstance(node.get(key, {}), dict):
-                raise CnnlabError(f"search knob {path}: {key} is not a config section")
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return from_dict(RunConfig, data)
-
-
-@dataclass
-class TrialRecord:
-    """One trial of a search, as plain data."""
-
-    number: int
-    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
-    value: float | None  # best validation accuracy (PRUNED: the last reported one)
-    params: dict[str, Any]
-    epochs: int  # epochs it ran (reported to the pruner)
-    seconds: float | None
-    run_dir: str | None
-    curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
-    stop_reason: str | None = None  # why a PRUNED trial stopped (pruner, diverged)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
-
-    @classmethod
-    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:
-        steps = sorted(trial.intermediate_values)
-        seconds = None
-        if trial.datetime_start and trial.datetime_complete:
-            seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        return cls(number=trial.number, state=trial.state.name, value=trial.value, params=dict(trial.params),
-                   epochs=len(steps), seconds=seconds, run_dir=trial.user_attrs.get("run_dir"),
-                   curve=[trial.intermediate_values[s] for s in steps], stop_reason=trial.user_attrs.get("stop_reason"))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """What a stage runs with; stored in the study so a joining worker needs nothing else."""
-
-    stage: str
-    epochs: int  # per trial
-    sampler: str
-    pruner: str
-    seed: int
-    heartbeat: int | None
-    out_dir: str
-    base_config: dict[str, Any]
-    space: dict[str, Any]
-    target_trials: int | None = None  # stop starting trials once this many are finished or running
-    deadline: float | None = None  # time.time() after which no trial starts
-    origin: dict[str, Any] | None = None  # e.g. the coarse search a refine stage narrowed from
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchSettings:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
-@dataclass
-class SearchResult:
-    """A search stage: where its study lives, how it was set up, and every trial."""
-
-    study_name: str
-    storage: str  # URL without password
-    settings: SearchSettings
-    trials: list[TrialRecord]
-
-    @property
-    def space(self) -> SearchSpace:
-        return SearchSpace.from_dict(self.settings.space)
-
-    @property
-    def best(self) -> TrialRecord | None:
-        """The COMPLETE trial with the highest validation accuracy (None before the first)."""
-        done = [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
-        return max(done, key=lambda t: (t.value, -t.number)) if done else None
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for t in self.trials:
-            out[t.state] = out.get(t.state, 0) + 1
-        return out
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per trial (like Optuna's trials_dataframe), ready to plot or tabulate."""
-        return [{"number": t.number, "state": t.state, "value": t.value, "epochs": t.epochs, "seconds": t.seconds,
-                 **t.params} for t in self.trials]  # fmt: skip
-
-    def as_dict(self) -> dict[str, Any]:
-        best = self.best
-        return {
-            "study_name": self.study_name, "storage": self.storage, "stage": self.settings.stage,
-            "objective": "best validation accuracy (maximize)", "counts": self.counts(),
-            "best": None if best is None else {**best.as_dict(), "config": to_dict(best_config(self))},
-            "settings": self.settings.as_dict(), "space": self.space.describe(),
-            "trials": [t.as_dict() for t in self.trials],
-        }  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchResult:
-        return cls(study_name=data["study_name"], storage=data["storage"],
-                   settings=SearchSettings.from_dict(data["settings"]),
-                   trials=[TrialRecord.from_dict(t) for t in data["trials"]])  # fmt: skip
-
-
-def best_config(result: SearchResult) -> RunConfig:
-    """The search's base config with the best trial's values (its full ``train.epochs``)."""
-    best = result.best
-    if best is None:
-        raise CnnlabError(f"study {result.study_name} has no COMPLETE trial yet; run (or continue) the search")
-    return apply_params(from_dict(RunConfig, result.settings.base_config), best.params)
-
-
-def write_result(result: SearchResult) -> Path:
-    """Write ``search.json`` (and ``best.yaml`` once a trial finished) into the search folder."""
-    from cnnlab.io import atomic_write_json, atomic_write_text
-
-    out = Path(result.settings.out_dir)
-    atomic_write_json(out / "search.json", result.as_dict())
-    if result.best is not None:
-        atomic_write_text(out / "best.yaml", dump_yaml(best_config(result)))
-    return out / "search.json"
-
 
 def load_search(out_dir: str | Path, *, storage: str | None = None, study_name: str | None = None) -> SearchResult:
     """The search in ``out_dir``: from its study when reachable (current), else its search.json."""
@@ -526,59 +406,17 @@ def run_search(
     name, url = prepare_search(base_cfg, space, stage=stage, out_dir=out_dir, study_name=study_name, storage=storage,
                                n_trials=n_trials, timeout=timeout, epochs=epochs, sampler=sampler, pruner=pruner,
                                seed=seed, heartbeat=heartbeat, enqueue=enqueue, origin=origin)  # fmt: skip
-    threads = _threads_per_worker(workers)
-    procs = [_spawn_worker(name, url, seed + i, threads) for i in range(1, workers)]
-    previous_threads = _set_torch_threads(threads)
+    threads = threads_per_worker(workers)
+    procs = [spawn_worker(name, url, seed + i, threads) for i in range(1, workers)]
+    previous_threads = set_torch_threads(threads)
     try:
         result = join_search(name, url, seed=seed, verbose=verbose)
         for proc in procs:  # they stop by themselves once the study's target is reached
             if proc.wait() != 0:
                 log.warning("search worker %d exited with code %d", proc.pid, proc.returncode)
     finally:
-        _stop_workers(procs)
-        _set_torch_threads(previous_threads)
+        stop_workers(procs)
+        set_torch_threads(previous_threads)
     if procs:  # the other workers may have finished trials after this one's last look
         result = _finish(_load_study(name, url, heartbeat=heartbeat), url, result.settings.out_dir)
     return result
-
-
-def _threads_per_worker(workers: int) -> int | None:
-    """CPU threads each worker may use so that N workers do not oversubscribe the cores."""
-    if workers == 1:
-        return None
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
-def _set_torch_threads(threads: int | None) -> int | None:
-    if threads is None:
-        return None
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return previous
-
-
-def _spawn_worker(study_name: str, url: str, seed: int, threads: int | None) -> subprocess.Popen:
-    """Start ``cnnlab search --join`` in a child process (the storage URL travels in the
-    environment, so a database password never shows in the process list)."""
-    env = {**os.environ, "CNNLAB_STORAGE": url}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "cnnlab", "search", "--join", study_name, "--sampler-seed", str(seed), "--quiet"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-
-
-def _stop_workers(procs: Sequence[subprocess.Popen], grace: float = 60.0) -> None:
-    """Ask still-running workers to stop (SIGINT: they finish the step and record the trial), then kill."""
-    import signal
-
-    running = [p for p in procs if p.poll() is None]
-    for proc in running:
-        proc.send_signal(signal.SIGINT)
-    for proc in running:
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
