@@ -27,6 +27,7 @@ BASE = {
     "train": {"batch_size": 32, "device": "cpu"}, "schedule": {"name": "constant"},
 }  # fmt: skip
 N_TRIALS = 4
+EPOCHS = 4
 
 
 def _worker(study: str, url: str) -> subprocess.Popen:
@@ -42,7 +43,9 @@ def _running_trial_of(study: optuna.Study, procs: list[subprocess.Popen]) -> tup
     if not any(t.state == TrialState.COMPLETE for t in trials):
         return None
     for trial in trials:
-        if trial.state != TrialState.RUNNING or trial.last_step is None:  # well into training: at least one epoch done
+        # Well into training (one epoch done) yet far from its end (two epochs left), so the
+        # trial cannot finish between this look and the kill, even on a loaded machine.
+        if trial.state != TrialState.RUNNING or trial.last_step is None or trial.last_step > EPOCHS - 3:
             continue
         for proc in procs:
             if trial.user_attrs.get(st.WORKER_ATTR, "").endswith(f":{proc.pid}"):
@@ -54,7 +57,7 @@ def _running_trial_of(study: optuna.Study, procs: list[subprocess.Popen]) -> tup
 def test_a_killed_worker_loses_only_its_running_trial(postgres_url, tmp_path) -> None:
     cfg = load_run_config(None, BASE)
     name, url = prepare_search(cfg, SearchSpace(lr=(0.01, 0.1), weight_decay=None), out_dir=tmp_path / "s",
-                               storage=postgres_url, n_trials=N_TRIALS, epochs=4, sampler="random", pruner="none",
+                               storage=postgres_url, n_trials=N_TRIALS, epochs=EPOCHS, sampler="random", pruner="none",
                                heartbeat=1)  # fmt: skip
     study = optuna.load_study(study_name=name, storage=st.open_storage(url, heartbeat=None))
     procs = [_worker(name, url), _worker(name, url)]
