@@ -109,7 +109,11 @@ def _load_state(out_dir: Path, exp: Experiment, settings: LabSettings) -> dict[s
     path = out_dir / STATE_FILE
     if path.is_file():
         state = json.loads(path.read_text())
-        if state.get("experiment") != exp.name or state.get("settings") != asdict(settings):
+        same = state.get("experiment") == exp.name and state.get("settings") == asdict(settings)
+        if not same and state.get("epochs") is None and not (out_dir / "runs").exists():
+            path.unlink()  # a start that stopped before any run (a budget too small): nothing to keep
+            return _load_state(out_dir, exp, settings)
+        if not same:
             raise CnnlabError(f"{out_dir} holds another lab run ({state.get('experiment')}, other settings); "
                               "choose another --out or rerun it with the same settings to resume")  # fmt: skip
         return state
@@ -234,7 +238,9 @@ def _probe(exp: Experiment, arm: str, settings: LabSettings, seed: int) -> dict[
 def _judge(claim: Any, rows: list[dict[str, Any]], seeds: int) -> Verdict:
     by = {(r["arm"], r["seed"]): r for r in rows}
     sign = 1.0 if claim.higher_is_better else -1.0
-    diffs = [sign * (by[(claim.treatment, s)][claim.metric] - by[(claim.control, s)][claim.metric])
+    # log10 of a ratio floored at 1e-30: a gradient that vanished to exactly 0 still counts as tiny
+    value = (lambda v: math.log10(max(float(v), 1e-30))) if claim.log_scale else float
+    diffs = [sign * (value(by[(claim.treatment, s)][claim.metric]) - value(by[(claim.control, s)][claim.metric]))
              for s in range(seeds) if (claim.treatment, s) in by and (claim.control, s) in by]  # fmt: skip
     return judge(claim.text, diffs, min_effect=claim.min_effect, unit=claim.unit, non_inferior=claim.non_inferior)
 

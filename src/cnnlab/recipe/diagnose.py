@@ -401,7 +401,10 @@ def _underfitting(c: _Curves) -> Finding | None:
     if fall >= IMPROVING_FALL:
         trend, advice = (f"still improving ({fall:.0%} lower over the last {k} epochs)",
                          "train longer; then less regularisation or a bigger model")  # fmt: skip
-        suggestion = {"less_regularisation": True, "longer": True}
+        # A curve that still falls is cut short, not held back: less regularisation is the
+        # second move, once a longer run has gone flat (acting on it at once drives short
+        # search trials toward no regularisation at all).
+        suggestion = {"longer": True}
     else:
         trend, advice = (f"flat ({fall:.1%} over the last {k} epochs)",
                          "a bigger model, less regularisation, or a higher learning rate")  # fmt: skip
