@@ -109,14 +109,12 @@ def _load_state(out_dir: Path, exp: Experiment, settings: LabSettings) -> dict[s
     path = out_dir / STATE_FILE
     if path.is_file():
         state = json.loads(path.read_text())
-        same = state.get("experiment") == exp.name and state.get("settings") == asdict(settings)
-        if not same and state.get("epochs") is None and not (out_dir / "runs").exists():
-            path.unlink()  # a start that stopped before any run (a budget too small): nothing to keep
-            return _load_state(out_dir, exp, settings)
-        if not same:
+        if state.get("experiment") == exp.name and state.get("settings") == asdict(settings):
+            return state
+        # a start that stopped before any run (a budget too small) has nothing to keep: replaced below
+        if state.get("epochs") is not None or (out_dir / "runs").exists():
             raise CnnlabError(f"{out_dir} holds another lab run ({state.get('experiment')}, other settings); "
                               "choose another --out or rerun it with the same settings to resume")  # fmt: skip
-        return state
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"experiment": exp.name, "settings": asdict(settings), "epochs": settings.epochs, "finished": False}
     atomic_write_json(path, state)
