@@ -12,27 +12,29 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
 from cnnlab.lab.experiments import EXPERIMENTS
 
 
-def section(name: str, folder: Path, img_dir: Path) -> str:
-    state = json.loads((folder / "lab.json").read_text())
+def section(name: str, folder: Path, state: dict, img_dir: Path) -> str:
     settings = state["settings"]
     with (folder / "results.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    minutes = sum(float(r["seconds"]) for r in rows if r.get("seconds")) / 60
+    seconds = [float(r["seconds"]) for r in rows if r.get("seconds")]
+    minutes = sum(v for v in seconds if math.isfinite(v)) / 60  # a diverged run has no time
     shutil.copyfile(folder / "plot.png", img_dir / f"lab-{name}.png")
     exp = EXPERIMENTS[name]
     options = " ".join(f"--model-opt {k}={v}" for k, v in settings.get("model_options", {}).items())
     length = f"--budget {settings['budget_seconds'] / 60:.0f}m" if settings.get("budget_seconds") else f"--epochs {state['epochs']}"
     subset = f" --subset {settings['subset']}" if settings.get("subset") else ""
+    batch = f" --batch-size {settings['batch_size']}" if settings.get("batch_size", 128) != 128 else ""
     verdicts = [line for line in (folder / "verdict.md").read_text().splitlines() if line.startswith("- ")]
     return "\n".join([
         f"### `{name}`: {exp.question}", "",
-        f"`cnnlab lab run {name}{subset} --seeds {settings['seeds']} {length}{' ' + options if options else ''}`: "
+        f"`cnnlab lab run {name}{subset}{batch} --seeds {settings['seeds']} {length}{' ' + options if options else ''}`: "
         f"**{state['epochs']} epoch(s) per run**, {len(rows)} runs, {minutes:.1f} min of training.", "",
         (folder / "table.md").read_text().strip(), "", *verdicts, "",
         f"![{name}](img/lab-{name}.png)", "",
@@ -46,8 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     for name in EXPERIMENTS:
         folder = Path(args.lab) / name
-        if (folder / "lab.json").is_file() and json.loads((folder / "lab.json").read_text()).get("finished"):
-            print(section(name, folder, Path(args.img_dir)))
+        state = json.loads((folder / "lab.json").read_text()) if (folder / "lab.json").is_file() else {}
+        if state.get("finished"):
+            print(section(name, folder, state, Path(args.img_dir)))
         else:
             print(f"### `{name}`\n\nnot run (no finished lab in {folder})\n")
 
