@@ -44,7 +44,7 @@ from cnnlab.data.augment import build_augment  # noqa: E402
 from cnnlab.data.loader import DeviceLoader  # noqa: E402
 from cnnlab.train.loop import EpochState, TrainStep, train_one_epoch  # noqa: E402
 from cnnlab.train.optim import build_optimizer  # noqa: E402
-from cnnlab.train.run import build_model, load_data, run_training  # noqa: E402
+from cnnlab.run import build_model, load_data, run_training  # noqa: E402
 from cnnlab.train.runtime import resolve_runtime  # noqa: E402
 
 # cnnlab's demo configuration (see the Makefile's `demo` target).

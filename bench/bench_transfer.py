@@ -29,7 +29,7 @@ import torch
 from cnnlab.config import load_run_config
 from cnnlab.train.fit import fit
 from cnnlab.train.loop import evaluate
-from cnnlab.train.run import build_model, load_data
+from cnnlab.run import build_model, load_data
 from cnnlab.train.runtime import resolve_runtime
 from cnnlab.transfer.finetune import feature_loaders
 

@@ -58,12 +58,12 @@ import torch
 from torch import nn
 
 from cnnlab.config import RunConfig, load_run_config
-from cnnlab.data.sources import ImageSet, Splits, stratified_subset
+from cnnlab.data.imageset import ImageSet, Splits, stratified_subset
 from cnnlab.recipe.checks import check_setup
 from cnnlab.recipe.diagnose import diagnose
 from cnnlab.recipe.overfit import overfit_small
 from cnnlab.train.fit import fit
-from cnnlab.train.run import build_model, load_data
+from cnnlab.run import build_model, load_data
 
 SPEC = "c32-p-c96-p-c192-p-fc256"  # the demo model: 0.25M parameters
 #: Step-6 findings that point at a broken setup (the rest is tuning advice).

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.config import load_run_config
-from cnnlab.train.run import run_training
+from cnnlab.run import run_training
 
 SCRATCH = {"name": "simple", "options": {"spec": "c32-p-c64-p-c128-p-fc128"}}
 EPOCHS = {  # (scratch, feature-extract, finetune) epochs per training-set size

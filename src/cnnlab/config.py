@@ -11,19 +11,90 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from cnnlab.errors import CnnlabError
 
 T = TypeVar("T")
 
+# --------------------------------------------------------------------------- choices
+# The one list of each closed set of names. Config validation reads these types (any
+# field annotated with one is checked against it), and the CLI derives its argparse
+# ``choices=`` and help texts from them with :func:`choices`.
 
-NORMALIZE_MODES = ("standardize", "unit", "raw")
+Normalize = Literal["standardize", "unit", "raw"]
+Channels = Literal[1, 3]
+OptimizerName = Literal["sgd", "adamw"]
+ScheduleName = Literal["onecycle", "cosine", "step", "constant"]
+AmpMode = Literal["auto", "bf16", "off"]
+ChannelsLast = Literal["auto", "on", "off"]
+TransferMode = Literal["feature-extract", "finetune", "auto"]
+TransferNorm = Literal["train", "frozen"]
+# Resolved by cnnlab.models (layers.py, init.py), which own what each name builds; a test
+# holds their registries equal to these lists. A norm may carry a group count (group:8),
+# an init a std (normal:0.01), so those two are checked by the models, not here.
+Activation = Literal["relu", "gelu", "sigmoid", "leaky_relu", "silu", "tanh"]
+NormName = Literal["batch", "layer", "instance", "group", "none"]
+InitName = Literal["kaiming", "xavier", "normal", "torch"]
+
+
+def choices(literal: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal`` choice type, in their declared order.
+
+    Args:
+        literal: one of the choice types above, e.g. :data:`OptimizerName`.
+
+    Returns:
+        The allowed values, e.g. ``("sgd", "adamw")``.
+    """
+    return typing.get_args(literal)
+
+
+NORMALIZE_MODES: tuple[str, ...] = choices(Normalize)
+
+
+def _is_choice(value: Any, allowed: tuple[Any, ...]) -> bool:
+    # Compares types too: True == 1 must not pass for Literal[1, 3].
+    return any(value == a and type(value) is type(a) for a in allowed)
+
+
+def _choice_error(name: str, value: Any, allowed: tuple[Any, ...]) -> CnnlabError:
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return CnnlabError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}{hint}")
+
+
+def _literal_args(tp: Any) -> tuple[tuple[Any, ...], bool] | None:
+    """``(allowed values, None allowed)`` when ``tp`` is a choice type or an optional one."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp), False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        literals = [a for a in args if typing.get_origin(a) is Literal]
+        if len(literals) == 1 and len(args) <= 2:
+            return typing.get_args(literals[0]), type(None) in args
+    return None
+
+
+@functools.cache
+def _choice_fields(cls: type) -> tuple[tuple[str, tuple[Any, ...], bool], ...]:
+    hints = typing.get_type_hints(cls)
+    found = ((name, _literal_args(tp)) for name, tp in hints.items())
+    return tuple((name, *lit) for name, lit in found if lit is not None)
+
+
+def _check_choices(section: Any, where: str) -> None:
+    """Check every choice-typed field of a config section (also when built directly, not via YAML)."""
+    for name, allowed, optional in _choice_fields(type(section)):
+        value = getattr(section, name)
+        if not (value is None and optional) and not _is_choice(value, allowed):
+            raise _choice_error(f"{where}.{name}", value, allowed)
 
 
 @dataclass(frozen=True)
@@ -38,15 +109,16 @@ class DataConfig:
     test_split: float = 0.1  # fraction held out for test, only when the source has no test split
     split_seed: int = 0  # seeds the stratified val/test hold-out (independent of the training seed)
     image_size: int | None = None  # px, square; image folders / CSV are resized to it (default 64)
-    channels: int | None = None  # 1 or 3; None keeps the source's own
+    channels: Channels | None = None  # None keeps the source's own
     augment: str = ""  # batched augmentation spec, e.g. "flip,crop:4,cutout:8" (see cnnlab.data.augment)
     download: bool = True  # fetch named datasets (with checksum) when not found locally
     class_subset: tuple[int, ...] | None = None  # keep only these class indices, relabelled 0..k-1 in this order
     # What the model sees: per-channel standardisation with the training split's statistics
     # (standardize), pixels scaled to [0, 1] (unit), or raw [0, 255] values (raw).
-    normalize: str = "standardize"
+    normalize: Normalize = "standardize"
 
     def __post_init__(self) -> None:
+        _check_choices(self, "data")
         if not 0.0 <= self.val_split < 1.0:
             raise CnnlabError(f"data.val_split must be in [0, 1), got {self.val_split}")
         if not 0.0 <= self.test_split < 1.0:
@@ -55,10 +127,6 @@ class DataConfig:
             raise CnnlabError("data.val_split + data.test_split must leave some training data (sum < 1)")
         if self.image_size is not None and self.image_size < 4:
             raise CnnlabError(f"data.image_size must be at least 4 px, got {self.image_size}")
-        if self.channels not in (None, 1, 3):
-            raise CnnlabError(f"data.channels must be 1 or 3, got {self.channels}")
-        if self.normalize not in NORMALIZE_MODES:
-            raise CnnlabError(f"data.normalize must be one of {', '.join(NORMALIZE_MODES)}, got '{self.normalize}'")
 
 
 @dataclass(frozen=True)
@@ -66,10 +134,10 @@ class ModelConfig:
     """Which architecture, and the options that override its defaults (``None`` keeps them)."""
 
     name: str = "resnet20"  # a registered model (`cnnlab models`)
-    norm: str | None = None  # batch | layer | instance | group[:G] | none
-    act: str | None = None  # relu | gelu | sigmoid | leaky_relu | silu | tanh
+    norm: str | None = None  # a NormName, group:G with a group count
+    act: str | None = None  # an Activation (checked by the model, which may accept others)
     dropout: float | None = None  # head dropout probability
-    init: str | None = None  # kaiming | xavier | normal:STD | torch
+    init: str | None = None  # an InitName, normal:STD with a std
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other factory option (e.g. spec)
     prior_bias: bool = True  # set the classifier bias to log class priors, so the initial loss matches the data
     pretrained: bool = False  # load the backbone's pretrained weights (timm:/torchvision: names, efficientnet_lite0)
@@ -84,7 +152,7 @@ class ModelConfig:
 class OptimConfig:
     """The optimizer. Weight decay never applies to norm parameters and biases."""
 
-    name: str = "sgd"  # sgd | adamw
+    name: OptimizerName = "sgd"
     lr: float = 0.1  # peak learning rate, for a batch of `train.batch_size`
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
@@ -92,8 +160,7 @@ class OptimConfig:
     betas: tuple[float, ...] = (0.9, 0.999)  # adamw only
 
     def __post_init__(self) -> None:
-        if self.name not in ("sgd", "adamw"):
-            raise CnnlabError(f"optim.name must be sgd or adamw, got '{self.name}'")
+        _check_choices(self, "optim")
         if not self.lr > 0:
             raise CnnlabError(f"optim.lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -104,7 +171,7 @@ class OptimConfig:
 class ScheduleConfig:
     """The learning-rate schedule: a pure function of the optimisation step."""
 
-    name: str = "onecycle"  # onecycle | cosine | step | constant
+    name: ScheduleName = "onecycle"
     warmup_epochs: float = 0.0  # linear warmup from 0 before the schedule proper (any schedule)
     pct_start: float = 0.25  # onecycle: fraction of the steps spent rising to the peak
     final_lr_frac: float = 0.0  # cosine/onecycle: the final lr as a fraction of the peak
@@ -112,8 +179,7 @@ class ScheduleConfig:
     gamma: float = 0.1  # step: the factor of each drop
 
     def __post_init__(self) -> None:
-        if self.name not in ("onecycle", "cosine", "step", "constant"):
-            raise CnnlabError(f"schedule.name must be onecycle, cosine, step or constant, got '{self.name}'")
+        _check_choices(self, "schedule")
         if self.warmup_epochs < 0 or not 0 < self.pct_start < 1:
             raise CnnlabError("schedule.warmup_epochs must be >= 0 and schedule.pct_start in (0, 1)")
 
@@ -135,41 +201,37 @@ class TrainConfig:
     balanced_sampling: bool = False  # draw training images with probability ~ 1 / class frequency
     train_subset: int | None = None  # use only this many training images (stratified)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = "auto"  # auto (= on, CPU and CUDA) | on | off
+    amp: AmpMode = "auto"  # auto: bf16 on CUDA
+    channels_last: ChannelsLast = "auto"  # auto: on (CPU and CUDA)
     compile: bool = False  # torch.compile the model
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: only at epoch ends)
     tta: bool = False  # test-time augmentation (horizontal flip) in the final evaluation
 
     def __post_init__(self) -> None:
+        _check_choices(self, "train")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise CnnlabError("train.epochs, train.batch_size and train.eval_batch_size must be >= 1")
         if not 0 <= self.label_smoothing < 1:
             raise CnnlabError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise CnnlabError(f"train.ema must be in (0, 1), got {self.ema}")
-        if self.amp not in ("auto", "bf16", "off") or self.channels_last not in ("auto", "on", "off"):
-            raise CnnlabError("train.amp must be auto|bf16|off and train.channels_last auto|on|off")
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     """Transfer learning from a pretrained backbone (see docs/transfer.md)."""
 
-    mode: str | None = None  # feature-extract | finetune | auto; None: train every layer at one lr
+    mode: TransferMode | None = None  # None: train every layer at one lr
     backbone: str | None = None  # a cnnlab run folder or checkpoint whose body becomes the backbone
     feature_views: int = 0  # feature-extract: augmented copies of the cached training features
     freeze_epochs: int = 1  # finetune: epochs with the backbone frozen before it is unfrozen
     backbone_lr_ratio: float = 0.1  # finetune: the backbone's lr is lr * this
-    norm: str = "train"  # finetune: train (norm layers learn and update statistics) | frozen (eval mode, fixed)
+    norm: TransferNorm = "train"  # finetune: train (norm layers learn and update statistics) | frozen (eval mode, fixed)
     auto_threshold: int = 1000  # auto: feature-extract below this many training images per class, else finetune (measured: docs/transfer.md)
     cache: bool = True  # keep extracted features on disk (cache_dir()/features)
 
     def __post_init__(self) -> None:
-        if self.mode not in (None, "feature-extract", "finetune", "auto"):
-            raise CnnlabError(f"transfer.mode must be feature-extract, finetune or auto, got '{self.mode}'")
-        if self.norm not in ("train", "frozen"):
-            raise CnnlabError(f"transfer.norm must be train or frozen, got '{self.norm}'")
+        _check_choices(self, "transfer")
         if self.feature_views < 0 or self.freeze_epochs < 0 or self.auto_threshold < 1:
             raise CnnlabError("transfer.feature_views and transfer.freeze_epochs must be >= 0, auto_threshold >= 1")
         if not 0 <= self.backbone_lr_ratio <= 1:
@@ -270,6 +332,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         raise CnnlabError(errors[0] if len(errors) == 1 else f"{name}: {value!r} has the wrong type")
     if tp is Any:
         return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if _is_choice(value, allowed):
+            return value
+        raise _choice_error(name, value, allowed)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise CnnlabError(f"{name} must be a list, got {value!r}")

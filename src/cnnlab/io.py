@@ -1,4 +1,5 @@
-"""Small file-system helpers shared by every part: the cache folder and atomic writes.
+"""Small file-system helpers shared by every part: the cache folder, atomic writes,
+strict JSON, and the lock a process holds on the folder it writes.
 
 Atomic means a reader (or a process killed half-way) sees either the old file or the
 complete new one, never a torn file: write a temporary file in the same folder, fsync
@@ -9,11 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+from cnnlab.errors import CnnlabError
+
+# The lock file a process holds in a run, recipe or lab folder while it writes there.
+LOCK_NAME = ".cnnlab.lock"
 
 
 def cache_dir(*parts: str) -> Path:
@@ -75,6 +84,81 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by None, so that it is valid JSON.
+
+    ``json.dumps`` writes ``NaN`` and ``Infinity`` by default, which strict JSON readers
+    (browsers, ``jq``, other languages) reject; a missing value reads as ``null`` there.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def json_dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats written as null)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``target`` atomically."""
-    atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented, strict JSON (NaN/inf as null) to ``target`` atomically."""
+    atomic_write_text(target, json_dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left in ``folder`` when its
+    process was killed mid-write (``.NAME.XXXX.tmp``); return what was removed.
+
+    Only safe while holding the folder's lock (:func:`folder_lock`): otherwise another
+    process may be writing one of them right now.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if needed) for the block.
+
+    One process at a time may write a run, recipe or lab folder: a second one (a second
+    ``--resume`` of the same run, say) gets a CnnlabError at once instead of both writing
+    the same checkpoints. The lock is an OS file lock (``filelock``), so it is released
+    when the process dies, even by SIGKILL: a stale lock file never blocks a resume.
+    Temporaries left by a killed writer are removed once the lock is held.
+
+    Args:
+        folder: the folder to lock.
+        what: what the folder holds, for the message ("run", "recipe", "lab", "search").
+
+    Raises:
+        CnnlabError: another process holds the lock.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnlabError(f"cannot create the {what} folder {folder}: {exc.strerror}; choose another --out") from None
+    # thread_local=False: the same lock object may be released from another thread (Ctrl-C handling).
+    lock = FileLock(folder / LOCK_NAME, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CnnlabError(
+            f"the {what} folder {folder} is in use by another cnnlab process; wait for it to finish "
+            f"(or stop it) before starting or resuming this {what}"
+        ) from None
+    except OSError as exc:
+        raise CnnlabError(f"cannot lock the {what} folder {folder}: {exc.strerror}; is it writable?") from None
+    try:
+        remove_stale_temporaries(folder)
+        yield folder
+    finally:
+        lock.release()

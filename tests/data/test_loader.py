@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnnlab.data.loader import DeviceLoader, derive_seed
-from cnnlab.data.sources import ImageSet
+from cnnlab.data.imageset import ImageSet
 from cnnlab.errors import CnnlabError
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from cnnlab.config import DataConfig
 from cnnlab.data import builtin
-from cnnlab.data.sources import convert_channels, load_splits, parse_source, stratified_split, stratified_subset
+from cnnlab.data.imageset import convert_channels, stratified_split, stratified_subset
+from cnnlab.data.sources import load_splits, parse_source
 from cnnlab.errors import CnnlabError
 
 

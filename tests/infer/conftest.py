@@ -1,71 +1,59 @@
-"""Tiny trained runs shared by the inference tests (trained once per test session, seconds each)."""
+"""Trained runs for the inference tests: the session's shared tiny run (grayscale) and an RGB one."""
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from cnnlab.config import RunConfig, load_run_config
-from cnnlab.train.run import load_data, run_training
-
-GRAY = "synthetic:classes=3,n=600,size=12,channels=1"
 RGB = "synthetic:classes=7,n=700,size=12,channels=3"  # > 5 classes, so top-5 is reported
 
 
-def tiny_config(source: str, epochs: int = 3) -> RunConfig:
-    return load_run_config(None, {
-        "data": {"source": source},
-        "model": {"name": "simple", "options": {"spec": "c16-p-c32-p"}},
-        "optim": {"lr": 0.1},
-        "train": {"epochs": epochs, "batch_size": 32, "checkpoint_minutes": 0, "device": "cpu"},
-    })  # fmt: skip
-
-
-def _train(tmp_path_factory: pytest.TempPathFactory, source: str, name: str) -> Path:
-    run = tmp_path_factory.mktemp("infer") / name
-    run_training(tiny_config(source), run, verbose=False)
-    return run
-
-
 @pytest.fixture(scope="session")
-def gray_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run (best.pt, last.pt, summary.json) of a 3-class grayscale model.
+def gray_run(tiny_run: Path) -> Path:
+    """A finished run (best.pt, last.pt, summary.json) of a 3-class grayscale model: the shared tiny run.
 
     Tests must not write into it; use :func:`run_copy` for that.
     """
-    return _train(tmp_path_factory, GRAY, "gray")
+    return tiny_run
 
 
 @pytest.fixture(scope="session")
-def rgb_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run of a 7-class RGB model."""
-    return _train(tmp_path_factory, RGB, "rgb")
+def rgb_run(tmp_path_factory: pytest.TempPathFactory, tiny_config: Callable[..., Any]) -> Path:
+    """A finished run of a 7-class RGB model (the tiny run's settings on RGB data)."""
+    from cnnlab.run import run_training
+
+    run = tmp_path_factory.mktemp("infer") / "rgb"
+    run_training(tiny_config(RGB, epochs=3), run, verbose=False)
+    return run
 
 
 @pytest.fixture()
-def run_copy(gray_run: Path, tmp_path: Path) -> Path:
+def run_copy(tiny_run_copy: Path) -> Path:
     """A private copy of the grayscale run, for tests that write next to the checkpoint."""
-    return Path(shutil.copytree(gray_run, tmp_path / "run"))
+    return tiny_run_copy
 
 
-def _test_split(source: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    splits = load_data(tiny_config(source))
+def _test_split(cfg: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from cnnlab.run import load_data
+
+    splits = load_data(cfg)
     return splits.test.images, splits.test.labels, splits.classes
 
 
 @pytest.fixture(scope="session")
-def gray_test() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def gray_test(tiny_config: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Images (uint8 N,C,H,W), labels and classes of the grayscale run's test split."""
-    return _test_split(GRAY)
+    return _test_split(tiny_config())
 
 
 @pytest.fixture(scope="session")
-def rgb_test() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def rgb_test(tiny_config: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """The same for the RGB run."""
-    return _test_split(RGB)
+    return _test_split(tiny_config(RGB))
 
 
 def _write_pngs(images: np.ndarray, labels: np.ndarray, folder: Path, classes: tuple[str, ...] | None = None) -> list[Path]:

@@ -12,8 +12,8 @@ from sklearn import metrics as skm
 
 from cnnlab.errors import CnnlabError
 from cnnlab.infer.evaluate import default_output_dir, evaluate_checkpoint, top_losses, write_report
-from cnnlab.train.checkpoint import load_checkpoint
-from cnnlab.train.run import model_from_checkpoint
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.models import model_from_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ import torch
 
 from cnnlab.cli.main import main
 from cnnlab.errors import CnnlabError
-from cnnlab.infer.export import export_model, load_safetensors_model
+from cnnlab.infer.export import export_model
 from cnnlab.infer.predict import load_predictor
-from cnnlab.train.checkpoint import load_checkpoint
-from cnnlab.train.run import model_from_checkpoint
+from cnnlab.infer.saved import load_safetensors_model
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.models import model_from_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,23 @@ def test_inspect_activations_and_gradients(capsys: pytest.CaptureFixture[str], t
     assert "vanishing" in out and "|dL/dW|" in out and png.exists()
 
 
+def test_inspect_activations_writes_no_file_unless_asked(capsys: pytest.CaptureFixture[str], tmp_path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)  # a stray picture would land here
+    argv = ["inspect", "simple", "--model-opt", "depth=3", "--model-opt", "width=8", "--input", "1x12x12",
+            "--batch-size", "4", "--activations"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "std/input" in out and "--plot FILE.png" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_act_choices_come_from_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["inspect", "resnet20", "--act", "swish"])
+    assert "gelu" in capsys.readouterr().err
+
+
 def test_unknown_model_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", "resnet21"]) == 1
     err = capsys.readouterr().err.strip()

@@ -71,3 +71,34 @@ def test_unknown_option_and_bad_values() -> None:
         create_model("simple", spec="c32-x-fc10")
     with pytest.raises(CnnlabError, match="either spec or depth"):
         create_model("simple", spec="c8", depth=3)
+
+
+def test_transfer_is_registered_but_not_listed() -> None:
+    """Transfer models rebuild through the registry like any model, but are not a name to pick."""
+    assert "transfer" not in list_models()
+    assert model_info("transfer").family == "transfer" and not model_info("transfer").listed
+    with pytest.raises(CnnlabError) as err:
+        create_model("transfr")
+    assert "transfer" not in str(err.value)  # suggestions name only models a user can pick
+
+
+def test_a_checkpoint_of_a_transfer_model_rebuilds_from_its_model_args() -> None:
+    """A transfer model whose backbone is a cnnlab model: rebuilt from ``model_args`` alone
+    (no download, no source checkpoint), it computes the same function once given the weights."""
+    import torch
+
+    from cnnlab.models import model_from_args, model_from_checkpoint
+    from cnnlab.models.backbones import BackboneSpec, strip_classifier
+    from cnnlab.models.transfer import TransferModel
+
+    torch.manual_seed(0)
+    source = create_model("simple", num_classes=4, in_chans=1, spec="c8-p-c16")
+    body, width = strip_classifier(source)
+    spec = BackboneSpec("cnnlab", "simple", 12, (0.5,), (0.25,), 1, "bilinear", dict(source.model_args))
+    model = TransferModel(body, spec, width, 3, in_chans=1, data_mean=(0.4,), data_std=(0.2,)).eval()
+    rebuilt = model_from_checkpoint({"model_args": model.model_args, "model": model.state_dict()}).eval()
+    assert isinstance(rebuilt, TransferModel) and rebuilt.model_args == model.model_args
+    x = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(rebuilt(x), model(x))
+    untrained = model_from_args(model.model_args)
+    assert type(untrained) is TransferModel and not torch.equal(untrained.fc.weight, model.fc.weight)

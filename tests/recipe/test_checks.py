@@ -16,7 +16,7 @@ from cnnlab.config import RunConfig, load_run_config
 from cnnlab.data.sources import ImageSet, Splits
 from cnnlab.models.init import init_classifier_bias, prior_entropy
 from cnnlab.recipe.checks import CheckReport, check_setup
-from cnnlab.train.run import build_model, load_data
+from cnnlab.run import build_model, load_data
 
 DATA = "synthetic:classes=3,n=600,size=12,channels=1"
 MODEL_ARGS = ["--model", "simple", "--model-opt", "spec=c16-p-c32-p", "--batch-size", "32", "--device", "cpu"]

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 
 from cnnlab.cli.main import main
-from cnnlab.config import load_run_config
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe.diagnose import diagnose, diagnose_run
-from cnnlab.train.run import run_training
-
-DATA = "synthetic:classes=3,n=600,size=12,channels=1"
+from cnnlab.recipe.diagnose import Diagnosis, Suggestion, diagnose, diagnose_run
+from cnnlab.runfolder import RunFolder
 
 
 def _records(tl, ta, vl=None, va=None, lr=None) -> list[dict]:
@@ -94,39 +91,41 @@ def test_each_curve_set_gives_exactly_its_finding(verdict: str) -> None:
 
 def test_healthy_summary_says_no_problem() -> None:
     result = diagnose(CURVES["healthy"], num_classes=10)
-    assert result.summary.startswith("no problem found") and result.suggestion == {}
+    assert result.summary.startswith("no problem found") and not result.suggestion and result.suggestion.as_dict() == {}
 
 
 @pytest.mark.parametrize(("verdict", "suggestion"), [
-    ("lr_too_high", {"lr_scale": 0.3}),
-    ("lr_too_low", {"lr_scale": 3.0}),
-    ("overfitting", {"more_regularisation": True}),
-    ("underfitting", {"longer": True}),
-    ("plateau", {"decay": True}),
-    ("bad_init", {"check_init": True}),
-    ("labels_not_learnable", {"check_labels": True}),
+    ("lr_too_high", Suggestion(lr_scale=0.3)),
+    ("lr_too_low", Suggestion(lr_scale=3.0)),
+    ("overfitting", Suggestion(more_regularisation=True)),
+    ("underfitting", Suggestion(longer=True)),
+    ("plateau", Suggestion(decay=True)),
+    ("bad_init", Suggestion(check_init=True)),
+    ("labels_not_learnable", Suggestion(check_labels=True)),
 ])  # fmt: skip
-def test_machine_usable_suggestions(verdict: str, suggestion: dict) -> None:
-    assert diagnose(CURVES[verdict], num_classes=10).suggestion == suggestion
+def test_machine_usable_suggestions(verdict: str, suggestion: Suggestion) -> None:
+    result = diagnose(CURVES[verdict], num_classes=10)
+    assert result.suggestion == suggestion
+    assert Diagnosis.from_dict(json.loads(json.dumps(result.as_dict()))) == result  # plain data and back
 
 
 def test_underfitting_asks_for_less_regularisation_only_once_the_curve_is_flat() -> None:
     # Still falling: cut short, so only "longer"; the short search trials of the recipe look
     # like this, and lowering weight decay on them would drive it toward zero.
-    assert diagnose(CURVES["underfitting"], num_classes=10).suggestion == {"longer": True}
+    assert diagnose(CURVES["underfitting"], num_classes=10).suggestion == Suggestion(longer=True)
     flat = _records(tl=[1.8, 1.4, 1.2, 1.1, 1.05, 1.03, 1.02, 1.015, 1.01, 1.008],
                     ta=[0.3, 0.45, 0.52, 0.56, 0.58, 0.59, 0.595, 0.6, 0.6, 0.6],
                     vl=[1.5, 1.3, 1.18, 1.1, 1.06, 1.04, 1.03, 1.02, 1.02, 1.02],
                     va=[0.4, 0.5, 0.54, 0.57, 0.58, 0.59, 0.59, 0.6, 0.6, 0.6], lr=_cosine(10))  # fmt: skip
     result = diagnose(flat, num_classes=10)
     assert result.kinds == ["underfitting"]
-    assert result.suggestion == {"less_regularisation": True, "bigger_model": True}
+    assert result.suggestion.as_dict() == {"less_regularisation": True, "bigger_model": True}
 
 
 def test_divergence_and_nan_are_lr_too_high() -> None:
     rising = _records(tl=[1.0, 0.7, 0.6, 0.7, 0.9, 1.2], ta=[0.6, 0.75, 0.8, 0.76, 0.65, 0.5])
     result = diagnose(rising)
-    assert result.kinds == ["lr_too_high"] and result.suggestion == {"lr_scale": 0.1}
+    assert result.kinds == ["lr_too_high"] and result.suggestion == Suggestion(lr_scale=0.1)
     assert "0.600" in result.findings[0].evidence and "1.200" in result.findings[0].evidence
     nan = _records(tl=[1.0, 0.7, float("nan"), float("nan")], ta=[0.6, 0.75, 0.1, 0.1], lr=[0.1, 0.2, 0.4, 0.4])
     result = diagnose(nan)
@@ -159,32 +158,22 @@ def test_records_in_any_order() -> None:
     assert diagnose(shuffled).kinds == ["overfitting"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("diagnose") / "run"
-    cfg = load_run_config(None, {
-        "data": {"source": DATA},
-        "model": {"name": "simple", "options": {"spec": "c16-p-c32-p"}},
-        "train": {"epochs": 4, "batch_size": 32, "checkpoint_minutes": 0},
-    })  # fmt: skip
-    run_training(cfg, run, verbose=False)
-    return run
-
-
 def test_real_run_diagnoses(tiny_run: Path) -> None:
     result = diagnose_run(tiny_run)
-    assert result.epochs == 4 and result.num_classes == 3  # read from summary.json
+    epochs = RunFolder(tiny_run).read_config().train.epochs
+    assert result.epochs == epochs and result.num_classes == 3  # read from summary.json
     assert result.summary
     json.dumps(result.as_dict())
 
 
-def test_cli_writes_diagnosis(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_diagnosis(tiny_run_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_run = tiny_run_copy  # the command writes diagnosis.json and .png into the run folder
     assert main(["diagnose", str(tiny_run)]) == 0
     out = capsys.readouterr().out
     saved = json.loads((tiny_run / "diagnosis.json").read_text())
     assert saved["summary"] in out and (tiny_run / "diagnosis.png").is_file()
     assert main(["diagnose", str(tiny_run), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["epochs"] == 4
+    assert json.loads(capsys.readouterr().out)["epochs"] == len(RunFolder(tiny_run).read_metrics())
 
 
 def test_cli_prints_one_line_per_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

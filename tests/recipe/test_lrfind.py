@@ -13,7 +13,7 @@ from cnnlab.cli.main import main
 from cnnlab.config import RunConfig, load_run_config
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe.lrfind import LRFindResult, analyse_curve, lr_find, lr_schedule, suggest_lr
-from cnnlab.train.run import build_model, load_data
+from cnnlab.run import build_model, load_data
 
 DATA = "synthetic:classes=3,n=600,size=12,channels=1"
 LRS = lr_schedule(1e-7, 10.0, 100)

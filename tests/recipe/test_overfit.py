@@ -15,7 +15,7 @@ from cnnlab.cli.main import main
 from cnnlab.config import OptimConfig, RunConfig, load_run_config
 from cnnlab.data.sources import ImageSet, Splits
 from cnnlab.recipe.overfit import OverfitReport, overfit_small
-from cnnlab.train.run import build_model, load_data
+from cnnlab.run import build_model, load_data
 
 DATA = "synthetic:classes=3,n=600,size=12,channels=1"
 MODEL_ARGS = ["--model", "simple", "--model-opt", "spec=c16-p-c32-p", "--batch-size", "32", "--device", "cpu"]

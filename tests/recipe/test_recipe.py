@@ -13,8 +13,10 @@ import pytest
 from cnnlab.cli.main import main
 from cnnlab.config import load_run_config
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe.recipe import RecipeOptions, RecipeState, adjust_space, run_recipe
+from cnnlab.recipe.diagnose import Suggestion
+from cnnlab.recipe.recipe import RecipeOptions, RecipeState, rewrite_report, run_recipe
 from cnnlab.recipe.search import SearchSpace
+from cnnlab.recipe.steps import RECIPE_STEPS
 
 pytest.importorskip("optuna", reason="the recipe needs optuna (pip install 'cnnlab[recipe]')")
 
@@ -57,6 +59,26 @@ def test_recipe_runs_every_step_in_order(recipe_dir: Path) -> None:
     final = state.steps["final"]
     assert final["test_acc"] > 0.5 and final["epochs"] == 2  # 3 classes: chance is 33%
     assert (recipe_dir / "final" / "best.pt").is_file() and (recipe_dir / "final" / "summary.json").is_file()
+
+
+def test_every_recorded_step_reads_back_typed_and_writes_the_same_data(recipe_dir: Path) -> None:
+    state = RecipeState.load(recipe_dir)
+    for key in state.order:
+        step = RECIPE_STEPS.for_key(key)
+        stored = {k: v for k, v in state.steps[key].items() if k != "seconds"}
+        result = step.from_dict(stored)
+        assert json.dumps(step.to_dict(result), sort_keys=True) == json.dumps(stored, sort_keys=True), key
+        assert step.evidence(result)
+
+
+def test_report_shows_the_saved_test_predictions_not_a_new_evaluation(recipe_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    shutil.copytree(recipe_dir, out)
+    assert (out / "final" / "predictions-test.npz").is_file()
+    (out / "final" / "predictions-test.npz").unlink()
+    text = rewrite_report(out).read_text()
+    assert "No confusion matrix: predictions-test.npz is missing" in text
+    assert text.count("data:image/png;base64") == (recipe_dir / "report.html").read_text().count("data:image/png;base64") - 1
 
 
 def test_best_yaml_trains_the_chosen_configuration(recipe_dir: Path) -> None:
@@ -113,13 +135,15 @@ def test_failed_check_stops_the_recipe_with_the_reason(tmp_path: Path) -> None:
     assert result.report is not None and "FAIL" in result.report.read_text()
 
 
-def test_adjust_space_follows_the_diagnosis() -> None:
+def test_adjusted_space_follows_the_diagnosis() -> None:
     space = SearchSpace(lr=(0.01, 1.0), weight_decay=(1e-5, 1e-3), dropout=(0.0, 0.3))
-    lower, moves = adjust_space(space, {"lr_scale": 0.3})
+    lower, moves = space.adjusted(Suggestion(lr_scale=0.3))
     assert lower.lr == pytest.approx((0.003, 0.3)) and lower.weight_decay == space.weight_decay and len(moves) == 1
-    more, _ = adjust_space(space, {"more_regularisation": True})
+    more, _ = space.adjusted(Suggestion(more_regularisation=True))
     assert more.weight_decay == pytest.approx((3e-5, 3e-3)) and more.dropout == pytest.approx((0.1, 0.4))
-    same, moves = adjust_space(space, {})
+    less, _ = space.adjusted(Suggestion(less_regularisation=True))
+    assert less.weight_decay == pytest.approx((1e-5 / 3, 1e-3 / 3)) and less.dropout == pytest.approx((0.0, 0.2))
+    same, moves = space.adjusted(Suggestion(longer=True, check_labels=True))  # nothing a range can do
     assert same == space and moves == []
 
 

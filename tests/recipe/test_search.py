@@ -19,6 +19,7 @@ from cnnlab.cli.search import parse_knob
 from cnnlab.config import load_run_config, load_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import storage as st
+from cnnlab.recipe.space import CategoricalKnob, FloatKnob, IntKnob
 from cnnlab.recipe.search import (
     EpochReporter,
     SearchSpace,
@@ -54,14 +55,14 @@ def test_coarse_space_spans_two_decades_around_the_lr_finder_value() -> None:
     space = coarse_space(0.05, has_dropout=True)
     assert space.lr == pytest.approx((0.005, 0.5))
     knobs = space.knobs()
-    assert knobs["optim.lr"][3] and knobs["optim.weight_decay"] == ("float", 1e-6, 1e-2, True)
-    assert knobs["model.dropout"] == ("float", 0.0, 0.5, False)
+    assert knobs["optim.lr"].log and knobs["optim.weight_decay"] == FloatKnob(1e-6, 1e-2, log=True)
+    assert knobs["model.dropout"] == FloatKnob(0.0, 0.5)
     assert "model.dropout" not in coarse_space(0.05, has_dropout=False).knobs()
 
 
 def test_space_round_trips_through_plain_data_and_rejects_bad_ranges() -> None:
     space = SearchSpace(lr=(1e-3, 1e-1), dropout=(0.0, 0.3), label_smoothing=(0.0, 0.2),
-                        extra={"train.batch_size": ("cat", [32, 64]), "model.options.width": ("int", 8, 32)})  # fmt: skip
+                        extra={"train.batch_size": CategoricalKnob((32, 64)), "model.options.width": IntKnob(8, 32)})  # fmt: skip
     again = SearchSpace.from_dict(json.loads(json.dumps(space.as_dict())))
     assert again.knobs() == space.knobs()
     with pytest.raises(CnnlabError, match="lo > 0"):
@@ -69,7 +70,7 @@ def test_space_round_trips_through_plain_data_and_rejects_bad_ranges() -> None:
     with pytest.raises(CnnlabError, match="lo <= hi"):
         SearchSpace(lr=(0.1, 0.01))
     with pytest.raises(CnnlabError, match="own field"):
-        SearchSpace(lr=(0.01, 0.1), extra={"optim.lr": ("float", 0.1, 1.0, True)})
+        SearchSpace(lr=(0.01, 0.1), extra={"optim.lr": FloatKnob(0.1, 1.0, log=True)})
 
 
 def _record(number: int, value: float | None, lr: float, bs: int, state: str = "COMPLETE") -> TrialRecord:
@@ -79,7 +80,7 @@ def _record(number: int, value: float | None, lr: float, bs: int, state: str = "
 
 def test_refine_space_narrows_every_range_around_the_top_trials() -> None:
     space = SearchSpace(lr=(1e-4, 1.0), weight_decay=None, dropout=(0.0, 0.5),
-                        extra={"train.batch_size": ("cat", [32, 64, 128, 256])})  # fmt: skip
+                        extra={"train.batch_size": CategoricalKnob((32, 64, 128, 256))})  # fmt: skip
     trials = [
         _record(0, 0.90, 0.02, 64), _record(1, 0.88, 0.04, 128), _record(2, 0.87, 0.03, 64),
         _record(3, 0.40, 1e-4 * 1.5, 256), _record(4, 0.35, 0.9, 32),  # bad, at both ends of the LR range
@@ -89,7 +90,7 @@ def test_refine_space_narrows_every_range_around_the_top_trials() -> None:
     lo, hi = refined.lr
     assert 1e-4 < lo < 0.02 and 0.04 < hi < 0.9, "the span of the top 3 plus a margin, not the bad trials"
     assert hi / lo < 1e4 / 10, "much narrower than the coarse four decades"
-    assert refined.knobs()["train.batch_size"] == ("cat", (64, 128))
+    assert refined.knobs()["train.batch_size"] == CategoricalKnob((64, 128))
     assert why["optim.lr"]["old"] == [1e-4, 1.0] and why["optim.lr"]["new"] == [lo, hi]
     assert sorted(why["optim.lr"]["top_values"]) == [0.02, 0.03, 0.04] and why["optim.lr"]["trials"] == [0, 1, 2]
     assert why["optim.lr"]["edge"] is None
@@ -199,11 +200,14 @@ def test_cli_coarse_then_refine_from_the_coarse_folder(tmp_path, capsys) -> None
 
 def test_budget_and_knob_parsing() -> None:
     assert [parse_duration(t) for t in ("600", "600s", "30m", "2h", "1h30m")] == [600, 600, 1800, 7200, 5400]
-    assert parse_knob("train.batch_size=cat:64,128") == ("train.batch_size", ("cat", [64, 128]))
-    assert parse_knob("optim.momentum=float:0.8:0.99") == ("optim.momentum", ("float", 0.8, 0.99, False))
-    assert parse_knob("model.options.width=int:16:64") == ("model.options.width", ("int", 16, 64, False))
+    assert parse_knob("train.batch_size=cat:64,128") == ("train.batch_size", CategoricalKnob((64, 128)))
+    assert parse_knob("optim.momentum=float:0.8:0.99") == ("optim.momentum", FloatKnob(0.8, 0.99))
+    assert parse_knob("optim.weight_decay=float:1e-6:1e-2:log") == ("optim.weight_decay", FloatKnob(1e-6, 1e-2, log=True))
+    assert parse_knob("model.options.width=int:16:64") == ("model.options.width", IntKnob(16, 64))
     for bad in ("soon", "10x"):
         with pytest.raises(CnnlabError, match="--budget"):
             parse_duration(bad)
     with pytest.raises(CnnlabError, match="--knob"):
         parse_knob("optim.momentum=float:0.8")
+    with pytest.raises(CnnlabError, match="--knob optim.momentum: .*lo <= hi"):
+        parse_knob("optim.momentum=float:0.99:0.8")

@@ -13,8 +13,9 @@ import torch
 from cnnlab.cli.main import main
 from cnnlab.config import OptimConfig, RunConfig, load_run_config
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
-from cnnlab.train.run import build_model, load_data, run_training
+from cnnlab.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.run import build_model, load_data, run_training
+from cnnlab.runfolder import RunFolder
 
 DATA = "synthetic:classes=3,n=600,size=12,channels=1"
 
@@ -29,10 +30,9 @@ def _cfg(**train) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    run = tmp_path_factory.mktemp("fit") / "run"
-    summary = run_training(_cfg(epochs=5), run, verbose=False)
-    return run, summary
+def finished_run(tiny_run: Path) -> tuple[Path, dict]:
+    # The session's shared tiny run (tests/conftest.py): _cfg()'s settings, trained once.
+    return tiny_run, RunFolder(tiny_run).read_summary()
 
 
 def test_run_folder_contents(finished_run) -> None:
@@ -40,7 +40,7 @@ def test_run_folder_contents(finished_run) -> None:
     for name in ("config.yaml", "metrics.jsonl", "curves.png", "last.pt", "best.pt", "summary.json"):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["epoch"] for r in records] == list(range(RunFolder(run).read_config().train.epochs))
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "time", "images_per_s"):
         assert all(isinstance(r[key], float) for r in records), key
     assert summary["test_acc"] > 0.8  # the synthetic task is learnable in seconds
@@ -60,7 +60,7 @@ def test_tensorboard_events_hold_every_epoch(finished_run) -> None:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for key, tag in (("train_loss", "train/loss"), ("val_acc", "val/acc"), ("lr", "lr")):
         scalars = events.Scalars(tag)
-        assert [s.step for s in scalars] == [1, 2, 3, 4, 5]
+        assert [s.step for s in scalars] == [r["epoch"] + 1 for r in records]
         assert [s.value for s in scalars] == pytest.approx([r[key] for r in records], rel=1e-6)
 
 

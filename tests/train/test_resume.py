@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.checkpoint import load_checkpoint
 
 ARGS = [
     "--data", "synthetic:classes=3,n=360,size=12,channels=1", "--model", "simple",

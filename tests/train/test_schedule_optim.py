@@ -63,7 +63,7 @@ def test_discriminative_learning_rates() -> None:
             self.fc = nn.Linear(4, 2)
 
     model = Tiny()
-    opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3), backbone_lr_scale=0.1)
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3), lr_scales={"backbone": 0.1})
     set_lr(opt, 1e-3)
     lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lrs[id(model.body.weight)] == pytest.approx(1e-4) and lrs[id(model.fc.weight)] == pytest.approx(1e-3)

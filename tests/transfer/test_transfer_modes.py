@@ -13,7 +13,7 @@ from cnnlab.cli.main import main
 from cnnlab.config import TransferConfig
 from cnnlab.data.sources import select_classes
 from cnnlab.errors import CnnlabError
-from cnnlab.train.run import build_model, load_data
+from cnnlab.run import build_model, load_data
 from cnnlab.transfer import features
 from cnnlab.transfer.finetune import choose_mode, fit_transfer
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from cnnlab.cli.main import main
-from cnnlab.infer.export import load_safetensors_model
-from cnnlab.train.checkpoint import load_checkpoint
-from cnnlab.train.run import model_from_checkpoint, run_training
+from cnnlab.infer.saved import load_safetensors_model
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.models import model_from_checkpoint
+from cnnlab.run import run_training
 
 
 class _Crash(Exception):
@@ -40,7 +41,7 @@ def test_transfer_run_resumes_exactly(backbone_run, make_config, tmp_path: Path,
 
 
 def test_finetune_killed_after_its_frozen_phase_starts_again(backbone_run, make_config, tmp_path: Path, monkeypatch) -> None:
-    from cnnlab.transfer.model import TransferModel
+    from cnnlab.models.transfer import TransferModel
 
     cfg = make_config(transfer={"backbone": str(backbone_run), "mode": "finetune", "freeze_epochs": 1}, train={"epochs": 2})
     run = tmp_path / "run"

@@ -13,6 +13,8 @@ DATA_HELP = (
 
 def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, default: str | None = None) -> None:
     """Add the options that choose and shape a data source (``DataConfig``)."""
+    from cnnlab.config import Channels, Normalize, choices
+
     group = parser.add_argument_group("data")
     if positional:
         group.add_argument("data", metavar="DATA", help=DATA_HELP)
@@ -23,9 +25,9 @@ def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, 
     group.add_argument("--test-split", type=float, metavar="F", help="fraction held out for test when the source has no test split (default 0.1)")
     group.add_argument("--split-seed", type=int, metavar="N", help="seed of the stratified hold-out splits (default 0)")
     group.add_argument("--image-size", type=int, metavar="PX", help="resize image folders / CSV images to PX x PX (default: median size, at most 64)")
-    group.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 (grayscale) or 3 (RGB) channels")
+    group.add_argument("--channels", type=int, choices=choices(Channels), help="convert to 1 (grayscale) or 3 (RGB) channels")
     group.add_argument("--no-download", action="store_true", help="never download; fail if the dataset is not on disk")
-    group.add_argument("--normalize", choices=("standardize", "unit", "raw"),
+    group.add_argument("--normalize", choices=choices(Normalize),
                        help="inputs standardised per channel with the training statistics (default), scaled to [0, 1] (unit), or raw [0, 255]")  # fmt: skip
 
 

@@ -66,6 +66,6 @@ def _diagnose(args: argparse.Namespace) -> int:
         for finding in result.findings:
             print(finding.line())
         if result.suggestion:
-            print(f"suggestion: {json.dumps(result.suggestion)}")
+            print(f"suggestion: {json.dumps(result.suggestion.as_dict())}")
         print(f"wrote {path}")
     return EXIT_FINDINGS if args.strict and result.findings else 0

@@ -59,7 +59,7 @@ def _lr_find(args: argparse.Namespace) -> int:
     from cnnlab.cli.train import run_overrides
     from cnnlab.config import load_run_config
     from cnnlab.recipe.lrfind import lr_find
-    from cnnlab.train.run import default_run_dir
+    from cnnlab.run import default_run_dir
 
     cfg = load_run_config(args.config, run_overrides(args))
     if args.out:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CnnlabError as exc:
         print(f"cnnlab: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cnnlab import config as c
 from cnnlab.cli.common import DATA_HELP
 from cnnlab.errors import CnnlabError
 
@@ -30,27 +31,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect", help="layer table, activation statistics or gradient norms of a model",
         description="Without flags: a layer table (output shape, parameters, multiply-adds, receptive field). "
         "--activations forwards a batch (N(0,1) noise, or real images with --data) and reports per-layer "
-        "mean/std/zeros, flagging vanishing (std < 1/100 of the input's) and exploding (> 100x) layers, and "
-        "writes a PNG of histograms. --gradients reports per-layer weight-gradient norms after one backward "
+        "mean/std/zeros, flagging vanishing (std < 1/100 of the input's) and exploding (> 100x) layers; "
+        "with --plot PNG it also draws their histograms. --gradients reports per-layer weight-gradient norms after one backward "
         "pass (cross-entropy), flagging layers whose gradient RMS is below 1/1000 (vanishing) or above 1000x (exploding) that of the "
         "last layer before the classifier.",
     )
     inspect.add_argument("model", metavar="MODEL", help="a registered model (`cnnlab models`)")
     inspect.add_argument("--input", metavar="CxHxW", help=f"input shape (default {_DEFAULT_INPUT}, or the data's)")
     inspect.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default 10, or the data's)")
-    inspect.add_argument("--norm", help="batch | layer | instance | group[:G] | none")
-    inspect.add_argument("--act", help="relu | gelu | sigmoid | leaky_relu | silu | tanh")
-    inspect.add_argument("--init", help="kaiming | xavier | normal:STD | torch")
+    inspect.add_argument("--norm", metavar="NORM", help=f"{' | '.join(c.choices(c.NormName))}; group:G sets the group count")
+    inspect.add_argument("--act", type=str.lower, choices=c.choices(c.Activation))
+    inspect.add_argument("--init", metavar="INIT", help=f"{' | '.join(c.choices(c.InitName))}; normal:STD sets the std")
     inspect.add_argument("--dropout", type=float, help="head dropout probability")
     inspect.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                          help="any other model option, e.g. spec=c32-p-c64 or depth=10 (repeatable)")
     inspect.add_argument("--depth", type=int, metavar="D", help="layer table: one row per module at nesting depth D")
-    inspect.add_argument("--activations", action="store_true", help="per-layer activation statistics + histogram PNG")
+    inspect.add_argument("--activations", action="store_true", help="per-layer activation statistics (histograms too with --plot)")
     inspect.add_argument("--gradients", action="store_true", help="per-layer weight-gradient norms after one backward pass")
     inspect.add_argument("--data", metavar="DATA", help="use real images instead of noise: " + DATA_HELP)
     inspect.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
     inspect.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch for --activations/--gradients (default 64)")
-    inspect.add_argument("--plot", metavar="PNG", help="histogram file (default MODEL_activations.png)")
+    inspect.add_argument("--plot", metavar="PNG", help="--activations: also write their histograms to this PNG file")
     inspect.add_argument("--seed", type=int, default=0, help="seed of the weights, noise and random labels (default 0)")
     inspect.set_defaults(func=_inspect)
 
@@ -174,7 +175,7 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         console.print(f"input: {len(x)} images of {args.data}")
     if args.activations:
-        _print_activations(console, model, x, args.plot or f"{args.model}_activations.png")
+        _print_activations(console, model, x, args.plot)
     if args.gradients:
         _print_gradients(console, model, x, y, args.seed)
     return 0
@@ -204,7 +205,7 @@ def _print_layer_table(console: Any, model: Any, shape: tuple[int, int, int], de
                   "jump = input px between neighbouring units")
 
 
-def _print_activations(console: Any, model: Any, x: Any, plot: str) -> None:
+def _print_activations(console: Any, model: Any, x: Any, plot: str | None) -> None:
     from rich.table import Table
 
     from cnnlab.models.diagnostics import (
@@ -220,6 +221,9 @@ def _print_activations(console: Any, model: Any, x: Any, plot: str) -> None:
     console.print(f"input mean {report.input_mean:.3g}, std {report.input_std:.3g}; flags: vanishing = std below "
                   f"{VANISHING_RATIO:g} x input std, exploding = above {EXPLODING_RATIO:g} x")
     console.print(f"vanishing: {len(report.vanishing)} layer(s), exploding: {len(report.exploding)} layer(s)")
+    if plot is None:  # nothing is written unless asked for
+        console.print("histograms: add --plot FILE.png to draw them")
+        return
     margs = getattr(model, "model_args", {})
     title = (f"{margs.get('name', 'model')}: activations by layer "
              f"(norm={margs.get('norm')}, act={margs.get('act')}, init={margs.get('init')})")

@@ -78,7 +78,7 @@ def _recipe(args: argparse.Namespace) -> int:
         result = run_recipe(None, args.resume, resume=True, verbose=not args.quiet)
     else:
         from cnnlab.cli.train import run_overrides
-        from cnnlab.train.run import default_run_dir
+        from cnnlab.run import default_run_dir
 
         cfg = load_run_config(args.config, run_overrides(args))
         options = RecipeOptions(

@@ -6,8 +6,12 @@ import argparse
 import os
 from typing import Any
 
+import yaml
+
 from cnnlab.cli.common import parse_duration
 from cnnlab.cli.train import add_run_args, run_overrides
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe.space import CategoricalKnob, FloatKnob, IntKnob, Knob
 
 EXAMPLES = """\
 examples:
@@ -77,23 +81,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_search)
 
 
-def parse_knob(text: str) -> tuple[str, tuple]:
+def parse_knob(text: str) -> tuple[str, Knob]:
     """``"PATH=float:LO:HI[:log]"`` / ``"PATH=int:LO:HI"`` / ``"PATH=cat:A,B"`` -> (path, knob)."""
-    import yaml
-
-    from cnnlab.errors import CnnlabError
-
     path, eq, spec = text.partition("=")
     kind, _, rest = spec.partition(":")
     try:
         if eq and kind == "cat" and rest:
-            return path.strip(), ("cat", [yaml.safe_load(v) for v in rest.split(",")])
+            return path.strip(), CategoricalKnob(tuple(yaml.safe_load(v) for v in rest.split(",")))
         if eq and kind in ("float", "int"):
             fields = rest.split(":")
             cast = float if kind == "float" else int
             if len(fields) in (2, 3) and (len(fields) == 2 or fields[2] == "log"):
-                return path.strip(), (kind, cast(fields[0]), cast(fields[1]), len(fields) == 3)
-    except ValueError:
+                knob = FloatKnob if kind == "float" else IntKnob
+                return path.strip(), knob(cast(fields[0]), cast(fields[1]), log=len(fields) == 3)
+    except CnnlabError as exc:  # a bad range: name the knob it belongs to
+        raise CnnlabError(f"--knob {path.strip()}: {exc}") from None
+    except ValueError:  # a bound that is not a number: the message below shows the expected form
         pass
     raise CnnlabError(f"--knob expects PATH=float:LO:HI[:log], PATH=int:LO:HI or PATH=cat:A,B,C, got '{text}'")
 

@@ -10,25 +10,26 @@ from cnnlab.cli.common import add_data_args, data_overrides
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """Flags for every field of a RunConfig (None = not given, so YAML/defaults stay)."""
+    from cnnlab import config as c
     from cnnlab.data.augment_help import AUGMENT_HELP
 
     add_data_args(parser)
     parser.add_argument("--augment", metavar="SPEC", help="batched augmentation, e.g. flip,crop:4,cutout:8 or standard (see below)")
     m = parser.add_argument_group("model")
     m.add_argument("--model", metavar="NAME", help="a registered model (`cnnlab models`), default resnet20")
-    m.add_argument("--norm", help="batch | layer | instance | group[:G] | none")
-    m.add_argument("--act", help="relu | gelu | sigmoid | leaky_relu | silu | tanh")
+    m.add_argument("--norm", metavar="NORM", help=f"{' | '.join(c.choices(c.NormName))}; group:G sets the group count")
+    m.add_argument("--act", type=str.lower, choices=c.choices(c.Activation))
     m.add_argument("--dropout", type=float, metavar="P", help="dropout probability in the head")
-    m.add_argument("--init", help="kaiming | xavier | normal:STD | torch")
+    m.add_argument("--init", metavar="INIT", help=f"{' | '.join(c.choices(c.InitName))}; normal:STD sets the std")
     m.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="any other model option, e.g. spec=c32-p-c64-p (repeatable)")
     m.add_argument("--no-prior-bias", action="store_true", help="do not set the classifier bias from the class priors")
     o = parser.add_argument_group("optimizer and schedule")
-    o.add_argument("--optimizer", choices=("sgd", "adamw"))
+    o.add_argument("--optimizer", choices=c.choices(c.OptimizerName))
     o.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
     o.add_argument("--momentum", type=float)
     o.add_argument("--no-nesterov", action="store_true")
     o.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, help="weight decay (not on norm parameters or biases)")
-    o.add_argument("--schedule", choices=("onecycle", "cosine", "step", "constant"))
+    o.add_argument("--schedule", choices=c.choices(c.ScheduleName))
     o.add_argument("--warmup", type=float, metavar="EPOCHS", help="linear warmup epochs")
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=int)
@@ -43,19 +44,19 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--balanced-sampling", action="store_true", help="sample training images inversely to class frequency")
     t.add_argument("--train-subset", type=int, metavar="N", help="train on a stratified subset of N images")
     t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
-    t.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (auto: bf16 on CUDA)")
-    t.add_argument("--channels-last", choices=("auto", "on", "off"))
+    t.add_argument("--amp", choices=c.choices(c.AmpMode), help="mixed precision (auto: bf16 on CUDA)")
+    t.add_argument("--channels-last", choices=c.choices(c.ChannelsLast))
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--tta", action="store_true", help="flip test-time augmentation in the final test evaluation")
     t.add_argument("--checkpoint-minutes", type=float, help="also checkpoint mid-epoch this often (default 10)")
     x = parser.add_argument_group("transfer learning (docs/transfer.md)")
     x.add_argument("--pretrained", action="store_true", help="load the backbone's pretrained weights (--model timm:NAME, torchvision:NAME, efficientnet_lite0)")
-    x.add_argument("--transfer", choices=("feature-extract", "finetune", "auto"), help="freeze the backbone and train a new head on cached features, fine-tune it, or pick by training-set size")
+    x.add_argument("--transfer", choices=c.choices(c.TransferMode), help="freeze the backbone and train a new head on cached features, fine-tune it, or pick by training-set size")
     x.add_argument("--backbone", metavar="RUN", help="a cnnlab run folder or checkpoint whose body becomes the backbone")
     x.add_argument("--feature-views", type=int, metavar="K", help="feature-extract: also cache K augmented copies of the training features (needs --augment)")
     x.add_argument("--freeze-epochs", type=int, metavar="N", help="finetune: epochs with the backbone frozen first (default 1)")
     x.add_argument("--backbone-lr-ratio", type=float, metavar="R", help="finetune: backbone lr = lr * R (default 0.1)")
-    x.add_argument("--finetune-norm", choices=("train", "frozen"), help="finetune: norm layers learn (train, default) or stay fixed in eval mode (frozen)")
+    x.add_argument("--finetune-norm", choices=c.choices(c.TransferNorm), help="finetune: norm layers learn (train, default) or stay fixed in eval mode (frozen)")
     x.add_argument("--class-subset", metavar="LIST", help="keep only these class indices, relabelled in order: 0-4 or 5,6,7")
     parser.epilog = AUGMENT_HELP
 
@@ -139,11 +140,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from cnnlab.config import load_run_config
-    from cnnlab.train.run import run_training
+    from cnnlab.run import result_line, run_training
 
     if args.resume:
-        run_training(resume=args.resume, verbose=not args.quiet)
-        return 0
-    cfg = load_run_config(args.config, run_overrides(args))
-    run_training(cfg, args.out, verbose=not args.quiet)
+        summary = run_training(resume=args.resume, verbose=not args.quiet)
+    else:
+        cfg = load_run_config(args.config, run_overrides(args))
+        summary = run_training(cfg, args.out, verbose=not args.quiet)
+    # --quiet drops the per-epoch lines, not the result (docs/training.md).
+    if args.quiet and (line := result_line(summary)):
+        print(line, flush=True)
     return 0

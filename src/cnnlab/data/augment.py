@@ -7,35 +7,12 @@ op draws its own parameters for every sample, all from the ``torch.Generator`` p
 
 Spec grammar
 ------------
-A spec is a comma-separated list of ops, applied in order::
-
-    NAME[:ARG[:ARG...]]          positional arguments, in the order listed below
-    NAME:KEY=VALUE[:KEY=VALUE]   named arguments (may follow positional ones)
-
-Ops (defaults in brackets):
-
-``hflip`` (alias ``flip``): p [0.5]
-    Left-right flip with probability p.
-``vflip``: p [0.5]
-    Top-bottom flip with probability p.
-``crop``: padding [4], mode [zero | reflect]
-    Pad each side by ``padding`` px, then crop a random window of the input size.
-``rrc`` (alias ``resized-crop``): min_scale [0.35], max_scale [1], min_ratio [0.75],
-max_ratio [4/3], size [0 = input size]
-    Random resized crop: area fraction uniform in [min_scale, max_scale], aspect ratio
-    (width / height) log-uniform in [min_ratio, max_ratio], bilinear resize.
-``jitter``: brightness [0.4], contrast [0.4], saturation [0.4], hue [0]
-    Colour jitter. One positional value sets brightness = contrast = saturation
-    (``jitter:0.2``); four set all (``jitter:0.2:0.2:0.2:0.05``). Factors are uniform in
-    [max(0, 1-s), 1+s]; hue turns by up to +-hue of a full turn (at most 0.5).
-    Saturation and hue act on 3-channel images only.
-``cutout``: size [8], fill [zero | mean], p [1]
-    Blank a random size x size square whose centre is uniform over the image (so it may
-    be clipped at a border); ``fill=mean`` paints the dataset's per-channel mean.
-
-Presets: ``standard`` = ``hflip,crop:4``; ``none`` (or an empty spec) = no augmentation.
-Names and choices are case-insensitive. Examples: ``flip,crop:4,cutout:8``,
-``crop:padding=4:mode=reflect``, ``rrc:0.25,jitter:0.3``.
+A spec is a comma-separated list of ops, applied in order, e.g. ``flip,crop:4,cutout:8``.
+The grammar, every op and its arguments are described once, in
+:data:`cnnlab.data.augment_help.AUGMENT_HELP` (what ``cnnlab train --help`` and
+docs/data.md show); a test keeps it equal to the text generated from the op classes
+(:func:`_help_text`), whose docstrings in :mod:`cnnlab.data.augment_ops` give the details.
+Names and choices are case-insensitive.
 
 In Python or YAML a spec may also be a list whose items are spec strings, ``Op`` objects,
 or mappings such as ``{"op": "crop", "padding": 4}``. ``str(augment)`` gives the canonical

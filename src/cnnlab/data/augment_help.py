@@ -1,7 +1,8 @@
-"""The augmentation spec grammar as help text, free of torch so `--help` stays instant.
+"""The augmentation spec grammar: its one description, free of torch so `--help` stays instant.
 
-A test checks it against the text generated from the op classes
-(``cnnlab.data.augment._help_text``), so the two cannot drift apart.
+``cnnlab train --help`` and ``cnnlab data show --help`` print it, and docs/data.md shows it.
+Tests hold it equal to the text generated from the op classes
+(``cnnlab.data.augment._help_text``) and to the copy in docs/data.md, so none can drift.
 """
 
 AUGMENT_HELP = """\

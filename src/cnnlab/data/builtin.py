@@ -19,8 +19,10 @@ import numpy as np
 
 from cnnlab.config import DataConfig
 from cnnlab.data.download import download
-from cnnlab.data.sources import ImageSet, RawData
+from cnnlab.data.imageset import ImageSet, RawData, stratified_split
+from cnnlab.data.synthetic import generate
 from cnnlab.errors import CnnlabError
+from cnnlab.io import cache_dir
 
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -70,8 +72,6 @@ def data_home(cfg: DataConfig) -> Path:
         return Path(cfg.root).expanduser()
     if os.environ.get("CNNLAB_DATA"):
         return Path(os.environ["CNNLAB_DATA"]).expanduser()
-    from cnnlab.io import cache_dir
-
     return cache_dir("datasets")
 
 
@@ -232,11 +232,9 @@ def load_cifar(name: str, cfg: DataConfig) -> RawData:
 def load_digits(cfg: DataConfig, options: dict[str, str]) -> RawData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images), 20% held out as test."""
     try:
-        from sklearn.datasets import load_digits as sk_load_digits
+        from sklearn.datasets import load_digits as sk_load_digits  # lazy: optional extra, slow to import
     except ImportError:
         raise CnnlabError("the 'digits' dataset needs scikit-learn: pip install 'cnnlab[digits]'") from None
-    from cnnlab.data.sources import stratified_split
-
     bunch = sk_load_digits()
     x = np.rint(np.asarray(bunch.images) * (255.0 / 16.0)).astype(np.uint8)[:, None]
     y = np.asarray(bunch.target, dtype=np.int64)
@@ -257,8 +255,6 @@ def load_synthetic(cfg: DataConfig, options: dict[str, str]) -> RawData:
     ``test`` images (n // 4), ``size`` in px (32, or ``data.image_size``), ``channels``
     (3, or ``data.channels``), ``noise`` std in pixel levels (20), ``seed`` (0).
     """
-    from cnnlab.data.synthetic import generate
-
     valid = {"classes", "n", "test", "size", "channels", "noise", "seed"}
     unknown = set(options) - valid
     if unknown:

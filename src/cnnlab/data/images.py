@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -32,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.config import DataConfig
-from cnnlab.data.sources import SPLITS, ImageSet, RawData
+from cnnlab.data.imageset import SPLITS, ImageSet, RawData
 from cnnlab.errors import CnnlabError
+from cnnlab.io import cache_dir
 
 CACHE_VERSION = 1
 DEFAULT_MAX_SIZE = 64  # px; folders of larger images are resized to this unless data.image_size says otherwise
@@ -119,7 +121,7 @@ def list_csv(path: Path) -> tuple[list[Item], tuple[str, ...]]:
 
 def _probe(path: str) -> tuple[str | None, str, int, str | None]:
     """Hash a file and read its image header: (content hash, mode, shorter side, error)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: only folders of image files need PIL
 
     try:
         data = Path(path).read_bytes()
@@ -127,8 +129,6 @@ def _probe(path: str) -> tuple[str | None, str, int, str | None]:
         return None, "", 0, f"unreadable: {exc.strerror or exc}"
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
-        import io
-
         with Image.open(io.BytesIO(data)) as im:
             return digest, im.mode, min(im.size), None
     except UnidentifiedImageError:
@@ -139,7 +139,7 @@ def _probe(path: str) -> tuple[str | None, str, int, str | None]:
 
 def _to_8bit(im):  # noqa: ANN001, ANN202 - PIL types stay local to the workers
     """Scale 16/32-bit integer and float grayscale to 8-bit (PIL's convert would clip)."""
-    from PIL import Image
+    from PIL import Image  # lazy: only folders of image files need PIL
 
     arr = np.asarray(im)
     if im.mode == "F":
@@ -151,7 +151,7 @@ def _to_8bit(im):  # noqa: ANN001, ANN202 - PIL types stay local to the workers
 
 def _convert(im, channels: int):  # noqa: ANN001, ANN202
     """Convert any PIL mode to L or RGB; transparency is composited onto white."""
-    from PIL import Image
+    from PIL import Image  # lazy: only folders of image files need PIL
 
     if im.mode.startswith("I") or im.mode == "F":
         im = _to_8bit(im)
@@ -166,7 +166,7 @@ def _convert(im, channels: int):  # noqa: ANN001, ANN202
 
 def decode_image(args: tuple[str, int, int]) -> tuple[np.ndarray | None, str | None]:
     """Decode one file to a uint8 (C, size, size) array, or return the reason it failed."""
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps  # lazy: only folders of image files need PIL
 
     path, size, channels = args
     try:
@@ -200,7 +200,7 @@ def parallel_map(fn: Callable, items: Sequence, description: str) -> Iterable:
         results = pool.map(fn, items, chunksize=max(1, min(64, len(items) // (workers * 8))))
     try:
         if show:
-            from rich.progress import Progress
+            from rich.progress import Progress  # lazy: only a shown progress bar needs rich
 
             with Progress(transient=True) as progress:
                 task = progress.add_task(description, total=len(items))
@@ -220,8 +220,6 @@ def parallel_map(fn: Callable, items: Sequence, description: str) -> Iterable:
 def _build_or_load(items: list[Item], classes: tuple[str, ...], source: Path, cfg: DataConfig, name: str) -> RawData:
     if not items:
         raise CnnlabError(f"no image files found in {source}")
-    from cnnlab.io import cache_dir
-
     start = time.perf_counter()
     probes = list(parallel_map(_probe, [p for p, _, _ in items], f"reading {source.name}"))
     skipped = [(p, err) for (p, _, _), (_, _, _, err) in zip(items, probes) if err]

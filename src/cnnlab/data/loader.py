@@ -23,7 +23,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from cnnlab.data.sources import ImageSet
+from cnnlab.config import DataConfig
+from cnnlab.data.sources import ImageSet, load_splits
 from cnnlab.errors import CnnlabError
 
 
@@ -187,8 +188,6 @@ def sample_batch(
         ``(x, y, classes)``: x float32 (n, C, H, W) standardised with the training
         split's statistics, y int64 (n,).
     """
-    from cnnlab.config import DataConfig
-    from cnnlab.data.sources import load_splits
 
     splits = load_splits(DataConfig(source=source, root=root))
     part = splits.split(split)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cnnlab.data.sources import ImageSet
+from cnnlab.data.augment import build_augment
+from cnnlab.data.imageset import ImageSet
 
 
 def augmented_views(
@@ -17,8 +18,6 @@ def augmented_views(
         ``(originals, augmented, labels)``: uint8 (n, C, H, W), uint8 (n, views, C, H, W)
         and int64 (n,), produced by the same batched code path the loader uses.
     """
-    from cnnlab.data.augment import build_augment
-
     rng = np.random.default_rng(seed)
     k = len(images.classes)
     picks = []

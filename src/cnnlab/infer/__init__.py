@@ -2,7 +2,12 @@
 
 Import from the submodules (this package imports nothing itself, so the CLI stays fast)::
 
+    from cnnlab.infer.saved import read_saved_model, load_safetensors_model
     from cnnlab.infer.predict import load_predictor, find_images
     from cnnlab.infer.evaluate import evaluate_checkpoint, write_report
-    from cnnlab.infer.export import export_model, load_safetensors_model
+    from cnnlab.infer.export import export_model
+
+``saved`` is the one reader of saved models (checkpoints, run folders, safetensors
+exports); ``predict`` feeds a saved model images as training did; ``evaluate`` and
+``export`` build on ``predict``.
 """

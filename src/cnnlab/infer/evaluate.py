@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.config import DataConfig
-from cnnlab.data.sources import Splits
+from cnnlab.config import DataConfig, from_dict, merge
+from cnnlab.data.sources import Splits, load_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.infer.predict import Predictor, load_predictor
+from cnnlab.io import atomic_write_json
+from cnnlab.report.plots import captioned_grid, confusion_plot
+from cnnlab.train.loop import evaluate
 from cnnlab.train.metrics import ClassificationMetrics, classification_metrics
 
 TOP_LOSSES = 24  # images in top_losses.png
@@ -99,8 +102,6 @@ def eval_data_config(pred: Predictor, overrides: Mapping[str, Any] | None = None
             ``source`` other than the training one starts from that source's defaults,
             with ``image_size`` and ``channels`` set to the model's input shape.
     """
-    from cnnlab.config import from_dict, merge
-
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     trained_on = (pred.config or {}).get("data")
     new_source = "source" in overrides and (trained_on is None or overrides["source"] != trained_on.get("source"))
@@ -115,8 +116,6 @@ def eval_data_config(pred: Predictor, overrides: Mapping[str, Any] | None = None
 
 
 def _load_eval_splits(pred: Predictor, cfg: DataConfig, own: bool) -> tuple[Splits, list[str]]:
-    from cnnlab.data.sources import load_splits
-
     notes: list[str] = []
     if own:
         train = (pred.config or {}).get("train", {})
@@ -163,8 +162,6 @@ def evaluate_checkpoint(
     Raises:
         CnnlabError: unreadable checkpoint or data, empty split, mismatched classes or shape.
     """
-    from cnnlab.train.loop import evaluate
-
     pred = load_predictor(checkpoint, device=device)
     cfg, own = eval_data_config(pred, data)
     splits, notes = _load_eval_splits(pred, cfg, own)
@@ -208,9 +205,6 @@ def write_report(report: EvalReport, out_dir: str | Path | None = None, *, limit
     Returns:
         ``{"json": ..., "confusion": ..., "top_losses": ...}`` paths.
     """
-    from cnnlab.io import atomic_write_json
-    from cnnlab.report.plots import captioned_grid, confusion_plot
-
     out = Path(out_dir) if out_dir is not None else default_output_dir(report)
     out.mkdir(parents=True, exist_ok=True)
     m = report.metrics

@@ -27,18 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from cnnlab import __version__
+from cnnlab.checkpoint import resolve_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.infer.predict import Predictor, load_predictor
-from cnnlab.train.checkpoint import resolve_checkpoint
+from cnnlab.infer.saved import META_KEY, load_safetensors_model
 from cnnlab.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4  # max |exported - PyTorch| over the logits of the check batch
-META_KEY = "cnnlab"
 _EXAMPLE_BATCH, _CHECK_BATCH = 2, 3  # torch.export specialises sizes 0 and 1, so trace with 2
 
 
@@ -63,8 +63,6 @@ class ExportResult:
 
 def export_metadata(pred: Predictor) -> dict[str, Any]:
     """The JSON object stored in every export: how to rebuild and feed the model."""
-    from cnnlab import __version__
-
     return {"format": 1, "cnnlab_version": __version__, "model_args": pred.model_args, "data": pred.data,
             "config": pred.config}  # fmt: skip
 
@@ -98,8 +96,8 @@ def export_onnx(pred: Predictor, output: str | Path, *, tolerance: float = TOLER
         CnnlabError: onnx/onnxscript missing, the model cannot be exported, or the check fails.
     """
     try:
-        import onnx  # noqa: F401 - the exporter needs both
-        import onnxscript  # noqa: F401
+        import onnx  # noqa: F401 - the exporter needs both; lazy: an optional extra, slow to import
+        import onnxscript  # noqa: F401 - lazy: an optional extra
     except ImportError:
         raise CnnlabError("ONNX export needs the onnx and onnxscript packages: pip install 'cnnlab[export]'") from None
     model = pred.model.eval()
@@ -118,7 +116,7 @@ def export_onnx(pred: Predictor, output: str | Path, *, tolerance: float = TOLER
     with atomic_path(output) as tmp:
         program.save(str(tmp))
         try:
-            import onnxruntime
+            import onnxruntime  # lazy: an optional extra, slow to import
         except ImportError:
             log.warning("onnxruntime is not installed: the ONNX file was not checked (pip install onnxruntime)")
             return ExportResult(output, "onnx", None, None, "onnxruntime not installed: not checked")
@@ -157,7 +155,7 @@ def export_safetensors(pred: Predictor, output: str | Path, *, tolerance: float 
     """Save the weights as safetensors with the metadata in the header, so the file alone
     rebuilds the model (:func:`load_safetensors_model`) without running any code."""
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # lazy: an optional extra
     except ImportError:
         raise CnnlabError("safetensors export needs the safetensors package: pip install 'cnnlab[export]'") from None
     model = pred.model.eval()
@@ -169,46 +167,6 @@ def export_safetensors(pred: Predictor, output: str | Path, *, tolerance: float 
         rebuilt, _ = load_safetensors_model(tmp)
         diff = _compare(model.cpu()(check), rebuilt(check).numpy(), "safetensors", tolerance)
     return ExportResult(output, "safetensors", diff, "load_safetensors_model")
-
-
-def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a safetensors file written by :func:`export_safetensors`.
-
-    Returns:
-        ``(model, meta)``: the model in eval mode on the CPU, and the stored metadata
-        (``model_args``, ``data`` with classes / mean / std / image_shape, ``config``).
-
-    Raises:
-        CnnlabError: missing file, not safetensors, no cnnlab metadata, or weights that
-            do not fit the described model.
-    """
-    try:
-        from safetensors import SafetensorError, safe_open
-    except ImportError:
-        raise CnnlabError("reading .safetensors files needs the safetensors package: pip install 'cnnlab[export]'") from None
-    from cnnlab.train.run import model_from_args
-
-    path = Path(path)
-    if not path.is_file():
-        raise CnnlabError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CnnlabError(f"{path} is not a readable safetensors file ({str(exc)[:160]})") from None
-    try:
-        meta = json.loads(header[META_KEY])
-        name = meta["model_args"]["name"]
-        meta["data"]["classes"], meta["data"]["image_shape"]  # noqa: B018 - required keys
-    except (KeyError, TypeError, ValueError):
-        raise CnnlabError(f"{path} has no cnnlab metadata; export it with `cnnlab export --format safetensors`") from None
-    model = model_from_args(meta["model_args"])
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise CnnlabError(f"the weights in {path} do not fit its model '{name}': {str(exc)[:200]}") from None
-    return model.eval(), meta
 
 
 _EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}

@@ -17,6 +17,7 @@ got during evaluation (``tests/infer`` checks this).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.config import TrainConfig
 from cnnlab.data.images import IMAGE_SUFFIXES, decode_image, parallel_map
+from cnnlab.data.imageset import ImageSet
 from cnnlab.data.loader import DeviceLoader
-from cnnlab.data.sources import ImageSet
 from cnnlab.errors import CnnlabError
-from cnnlab.train.runtime import Runtime
-from cnnlab.train.checkpoint import resolve_checkpoint
-
-SAFETENSORS_SUFFIX = ".safetensors"
+from cnnlab.infer.saved import read_saved_model
+from cnnlab.train.loaders import build_loader
+from cnnlab.train.runtime import Runtime, resolve_runtime
 
 
 @dataclass
@@ -96,8 +97,7 @@ class Predictor:
 
     def loader(self, images: ImageSet, batch_size: int) -> DeviceLoader:
         """Evaluation batches of ``images``, normalised with the training statistics."""
-        return DeviceLoader(images, batch_size=batch_size, mean=self.data["mean"], std=self.data["std"], train=False,
-                            device=self.runtime.device, channels_last=self.runtime.channels_last)  # fmt: skip
+        return build_loader(images, (self.data["mean"], self.data["std"]), self.runtime, batch_size=batch_size)
 
     @torch.no_grad()
     def predict_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -204,29 +204,11 @@ def read_image(path: str | Path, image_shape: Sequence[int]) -> np.ndarray:
     return arr
 
 
-def _is_torchscript(path: Path) -> bool:
-    """Whether a file is a TorchScript archive (a zip with compiled code), not a checkpoint."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def _runtime(device: str) -> Runtime:
-    from cnnlab.config import TrainConfig
-    from cnnlab.train.runtime import resolve_runtime
-
-    return resolve_runtime(TrainConfig(device=device))
-
-
 def load_predictor(path: str | Path, *, device: str = "auto") -> Predictor:
     """Load a model for inference from a run folder, a ``.pt`` checkpoint or a ``.safetensors`` export.
 
     Checkpoints are read with ``weights_only`` and safetensors files hold only tensors and
-    JSON, so loading an untrusted file runs no code from it.
+    JSON, so loading an untrusted file runs no code from it (see :mod:`cnnlab.infer.saved`).
 
     Args:
         path: run folder (its best.pt, else last.pt), checkpoint or safetensors file.
@@ -235,28 +217,10 @@ def load_predictor(path: str | Path, *, device: str = "auto") -> Predictor:
     Raises:
         CnnlabError: missing, corrupt or non-cnnlab file; weights that do not fit.
     """
-    file = resolve_checkpoint(path)
-    runtime = _runtime(device)
-    if file.suffix.lower() == SAFETENSORS_SUFFIX:
-        from cnnlab.infer.export import load_safetensors_model
-
-        model, meta = load_safetensors_model(file)
-        model_args, data, config = meta["model_args"], meta["data"], meta.get("config")
-    else:
-        from cnnlab.train.checkpoint import load_checkpoint
-        from cnnlab.train.run import model_from_checkpoint
-
-        if _is_torchscript(file):
-            raise CnnlabError(f"{file} is a TorchScript export, which cnnlab does not load (it would run code "
-                              "from the file); use the run's .pt checkpoint or a .safetensors export")  # fmt: skip
-        state = load_checkpoint(file)
-        missing = [k for k in ("model_args", "data") if k not in state]
-        if missing or not state["model_args"].get("name"):
-            raise CnnlabError(f"{file} lacks {', '.join(missing) or 'the model name'}; it was not written by `cnnlab train`")
-        model = model_from_checkpoint(state)
-        model_args, data, config = dict(state["model_args"]), dict(state["data"]), state.get("config")
-    model.eval().to(runtime.device)
+    saved = read_saved_model(path)
+    # One process that sees every image, even when started under torchrun.
+    runtime = dataclasses.replace(resolve_runtime(TrainConfig(device=device)), rank=0, world_size=1)
+    model = saved.model.eval().to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Predictor(model, model_args, data, config, file, runtime)
-
+    return Predictor(model, saved.model_args, saved.data, saved.config, saved.path, runtime)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models.diagnostics import activation_stats, gradient_stats
 
 # The small CNN most experiments vary: fast on a CPU, with a hidden FC layer for dropout.
 SMALL = "c32-p-c64-p-c128-p-fc128"
@@ -84,8 +85,6 @@ def _model(spec: str = SMALL, **kw: Any) -> dict[str, Any]:
 
 def _probe_gradients(model: Any, x: Any, y: Any) -> dict[str, float]:
     """Gradient norm of the first conv relative to the last layer before the classifier."""
-    from cnnlab.models.diagnostics import gradient_stats
-
     report = gradient_stats(model, x, y)
     layers = [r for r in report.layers if r.kind == "Conv2d"] or report.layers
     return {"first_layer_grad_rel": float(layers[0].relative), "min_grad_rel": float(min(r.relative for r in layers))}
@@ -93,8 +92,6 @@ def _probe_gradients(model: Any, x: Any, y: Any) -> dict[str, float]:
 
 def _probe_activations(model: Any, x: Any, y: Any) -> dict[str, float]:
     """Activation std of the last hidden layer relative to the input's, at initialisation."""
-    from cnnlab.models.diagnostics import activation_stats
-
     report = activation_stats(model, x)
     hidden = [r for r in report.layers if r.kind != "logits"]
     return {"last_act_ratio": float(hidden[-1].ratio) if hidden else float("nan"),

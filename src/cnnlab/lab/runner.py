@@ -29,15 +29,26 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cnnlab.config import RunConfig, load_run_config, merge
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, TrainingDiverged
+from cnnlab.infer.evaluate import evaluate_checkpoint
 from cnnlab.io import atomic_write_json, atomic_write_text
 from cnnlab.lab.experiments import Experiment, get_experiment
 from cnnlab.lab.verdict import Verdict, judge
+from cnnlab.report.plots import pyplot, save_figure
+from cnnlab.run import build_model, load_data, run_training
+from cnnlab.runfolder import RunFolder
+from cnnlab.train.fit import build_loss
+from cnnlab.train.loaders import build_loader, train_loader
+from cnnlab.train.loop import TrainStep
+from cnnlab.train.optim import build_optimizer
+from cnnlab.train.runtime import Runtime, prepare, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +115,6 @@ def run_lab(name: str, settings: LabSettings, out_dir: str | Path, *, verbose: b
 
 
 def _load_state(out_dir: Path, exp: Experiment, settings: LabSettings) -> dict[str, Any]:
-    from dataclasses import asdict
-
     path = out_dir / STATE_FILE
     if path.is_file():
         state = json.loads(path.read_text())
@@ -140,47 +149,42 @@ def _choose_epochs(exp: Experiment, settings: LabSettings) -> int:
 
 
 def _epoch_seconds(exp: Experiment, arm: str, settings: LabSettings, steps: int = 6) -> float:
-    """Seconds per epoch of an arm: a few timed training steps, scaled, plus validation."""
-    import torch
+    """Seconds per epoch of an arm: a few timed training steps, scaled, plus validation.
 
-    from cnnlab.data.loader import DeviceLoader
-    from cnnlab.train.run import build_model, load_data
-
+    The steps are training's own (:class:`TrainStep` on the run's device, optimizer, loss
+    and loader), so the estimate is of the run that follows.
+    """
     cfg = arm_config(exp, arm, settings, 0, 1)
     splits = load_data(cfg)
-    model = build_model(cfg, splits).train()
-    mean, std = splits.stats
-    loader = DeviceLoader(splits.train, batch_size=cfg.train.batch_size, mean=mean, std=std, train=True)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    runtime = resolve_runtime(cfg.train)
+    model = build_model(cfg, splits)
+    loader = train_loader(splits, cfg, runtime)
+    model = prepare(model, runtime).train()
+    step = TrainStep(build_optimizer(model, cfg.optim), build_loss(cfg.train, splits, runtime.device),
+                     lambda _: cfg.optim.lr, runtime, grad_clip=cfg.train.grad_clip)  # fmt: skip
     batches = iter(loader)
     times = []
     for _ in range(min(steps, len(loader))):
         x, y = next(batches)
         start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+        step(model, x, y)[0].item()  # waits for the device, so the step is timed whole
         times.append(time.perf_counter() - start)
-    step = statistics.median(times[1:] or times)
-    return step * len(loader) + step / 3 * (len(splits.val) + len(splits.train)) / cfg.train.batch_size
+    seconds = statistics.median(times[1:] or times)
+    return seconds * len(loader) + seconds / 3 * (len(splits.val) + len(splits.train)) / cfg.train.batch_size
 
 
 def _run_arm(exp: Experiment, arm: str, settings: LabSettings, seed: int, epochs: int, out_dir: Path, verbose: bool) -> dict[str, Any]:
-    from cnnlab.train.run import load_data, run_training
-
     run = out_dir / "runs" / f"{_slug(arm)}-s{seed}"
     diverged = run / "diverged.json"
-    if not (run / "summary.json").is_file() and not diverged.is_file():
+    if not RunFolder(run).is_finished() and not diverged.is_file():
         if verbose:
             print(f"lab {exp.name}: arm {arm}, seed {seed}, {epochs} epoch(s) -> {run}", flush=True)
         try:
-            if (run / "last.pt").is_file() or (run / "config.yaml").is_file():
+            if RunFolder(run).exists():
                 run_training(resume=run, verbose=False)
             else:
                 run_training(arm_config(exp, arm, settings, seed, epochs), run, verbose=False)
-        except CnnlabError as exc:
-            if "NaN/inf" not in str(exc):
-                raise
+        except TrainingDiverged as exc:
             # A diverging arm is a result (e.g. init N(0, 1)), not a failure of the lab.
             atomic_write_json(diverged, {"error": str(exc)})
     if diverged.is_file():
@@ -200,10 +204,11 @@ def _measure(exp: Experiment, arm: str, settings: LabSettings, seed: int, run: P
     cache = run / "lab_metrics.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from cnnlab.infer.evaluate import evaluate_checkpoint
-
-    summary = json.loads((run / "summary.json").read_text())
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    folder = RunFolder(run)
+    summary = folder.read_summary()
+    if summary is None:  # _run_arm measures only finished runs
+        raise CnnlabError(f"{run} has not finished (no summary.json); run the lab again to continue it")
+    records = folder.read_metrics()
     train = evaluate_checkpoint(run, split="train", device="cpu").metrics.accuracy
     val = evaluate_checkpoint(run, split="val", device="cpu").metrics.accuracy
     row = {
@@ -218,17 +223,12 @@ def _measure(exp: Experiment, arm: str, settings: LabSettings, seed: int, run: P
 
 
 def _probe(exp: Experiment, arm: str, settings: LabSettings, seed: int) -> dict[str, float]:
-    """The experiment's measurements on the arm's freshly initialised model and a real batch."""
-    import torch
-
-    from cnnlab.data.loader import DeviceLoader
-    from cnnlab.train.run import build_model, load_data
-
+    """The experiment's measurements on the arm's freshly initialised model and a real batch (on the CPU)."""
     cfg = arm_config(exp, arm, settings, seed, 1)
     splits = load_data(cfg)
     model = build_model(cfg, splits)
-    mean, std = splits.stats
-    x, y = next(iter(DeviceLoader(splits.train, batch_size=min(64, len(splits.train)), mean=mean, std=std, train=False)))
+    loader = build_loader(splits.train, splits.stats, Runtime.local("cpu"), batch_size=min(64, len(splits.train)))
+    x, y = next(iter(loader))
     with torch.random.fork_rng():
         return exp.probe(model, x, y)
 
@@ -286,8 +286,6 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
 
 def plot_lab(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> Path:
     """Per-epoch curve of the experiment's metric for each arm (mean over seeds)."""
-    from cnnlab.report.plots import pyplot, save_figure
-
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     label = {"val_acc": "validation accuracy (%)", "train_err": "training error (%)", "gap": "train - val accuracy (%, during training)"}[exp.plot_metric]
@@ -312,7 +310,7 @@ def plot_lab(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _curve(run: Path, metric: str) -> list[float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = RunFolder(run).read_metrics()
     if metric == "train_err":
         return [100 * (1 - r["train_acc"]) for r in records]
     if metric == "gap":

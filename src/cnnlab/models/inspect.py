@@ -31,6 +31,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from cnnlab.models.registry import create_model
+
 RF = tuple[int | None, int]  # (size in pixels or None for the whole image, jump in pixels)
 
 
@@ -281,8 +283,6 @@ def create_for_input(
     Raises:
         CnnlabError: unknown model or option.
     """
-    from cnnlab.models.registry import create_model
-
     options = {"in_chans": input_shape[0], "input_size": input_shape[1], **options}
     if not meta:
         return create_model(name, **options)

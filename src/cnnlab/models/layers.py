@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from math import gcd
 
 import torch
 from torch import nn
@@ -101,8 +102,6 @@ class GroupNorm2d(nn.GroupNorm):
     """
 
     def __init__(self, num_channels: int, groups: int = DEFAULT_GROUPS, eps: float = 1e-5) -> None:
-        from math import gcd
-
         super().__init__(gcd(num_channels, groups), num_channels, eps=eps, affine=True)
 
 

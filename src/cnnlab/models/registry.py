@@ -30,12 +30,15 @@ class ModelInfo:
         family: a group such as ``vgg`` or ``resnet-cifar``.
         description: first line of the factory's docstring.
         factory: the function that builds the model.
+        listed: shown by :func:`list_models` (and ``cnnlab models``); an unlisted model
+            (``transfer``) is only rebuilt from a checkpoint's ``model_args``.
     """
 
     name: str
     family: str
     description: str
     factory: Callable[..., ClassifierModel]
+    listed: bool = True
 
     def options(self) -> dict[str, Any]:
         """The factory's options and their defaults."""
@@ -49,11 +52,12 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(fn: F | None = None, *, family: str | None = None) -> F | Callable[[F], F]:
+def register_model(fn: F | None = None, *, family: str | None = None, listed: bool = True) -> F | Callable[[F], F]:
     """Register a model factory under its function name.
 
     Usable bare (``@register_model``) or with a family (``@register_model(family="vgg")``);
-    the family defaults to the defining module's name.
+    the family defaults to the defining module's name. ``listed=False`` keeps a model out
+    of :func:`list_models` while :func:`create_model` still builds it.
 
     Raises:
         CnnlabError: a model with the same name is already registered.
@@ -73,6 +77,7 @@ def register_model(fn: F | None = None, *, family: str | None = None) -> F | Cal
             family=family or f.__module__.rsplit(".", 1)[-1],
             description=doc[0] if doc else "",
             factory=f,
+            listed=listed,
         )
         return f
 
@@ -81,19 +86,19 @@ def register_model(fn: F | None = None, *, family: str | None = None) -> F | Cal
 
 def _lookup(name: str) -> ModelInfo:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(str(name), list_models(), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise CnnlabError(f"unknown model {name!r}; {hint}run `cnnlab models` to list them")
     return _REGISTRY[name]
 
 
 def list_models(family: str | None = None) -> list[str]:
-    """Names of the registered models, in registration order (smallest first per family).
+    """Names of the listed models, in registration order (smallest first per family).
 
     Args:
         family: only this family (e.g. ``"resnet-cifar"``).
     """
-    return [n for n, info in _REGISTRY.items() if family is None or info.family == family]
+    return [n for n, info in _REGISTRY.items() if info.listed and (family is None or info.family == family)]
 
 
 def model_info(name: str) -> ModelInfo:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,11 @@ from torch import nn
 from cnnlab.config import RunConfig
 from cnnlab.data.sources import Splits
 from cnnlab.errors import CnnlabError
-from cnnlab.train.runtime import Runtime
+from cnnlab.io import atomic_write_json
+from cnnlab.train.loaders import build_loader
+from cnnlab.train.optim import build_optimizer
+from cnnlab.run import build_model, load_data
+from cnnlab.train.runtime import Runtime, resolve_runtime
 
 #: Relative tolerance of the initial-loss check: |measured - expected| <= 10% of expected.
 #: Near-zero initial logits (cnnlab's classifier init) land within ~1% of it; PyTorch's
@@ -89,6 +93,13 @@ class CheckItem:
                 out[key] = str(out[key])
         return out
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckItem:
+        """The inverse of :meth:`as_dict`."""
+        number = lambda v: None if v is None else float(v)  # noqa: E731 - "inf"/"nan" strings back to floats
+        return cls(data["name"], bool(data["passed"]), number(data["measured"]), number(data["expected"]),
+                   data["message"], data.get("relation", "~"), number(data.get("tolerance")))  # fmt: skip
+
     def line(self) -> str:
         """One line for the terminal: verdict, name, message."""
         return f"{'PASS' if self.passed else 'FAIL'}  {self.name:<19} {self.message}"
@@ -117,6 +128,11 @@ class CheckReport:
         """Plain data for JSON (``check.json``)."""
         return {"passed": self.passed, "context": dict(self.context), "items": [i.as_dict() for i in self.items]}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckReport:
+        """The inverse of :meth:`as_dict`."""
+        return cls(tuple(CheckItem.from_dict(i) for i in data.get("items", [])), dict(data.get("context") or {}))
+
     def lines(self) -> list[str]:
         """One line per check, then the verdict."""
         failed = [i.name for i in self.items if not i.passed]
@@ -139,9 +155,6 @@ def resolve_setup(
     cfg: RunConfig, splits: Splits | None, model: nn.Module | None, runtime: Runtime | None
 ) -> tuple[Splits, nn.Module, Runtime]:
     """Fill in what the caller did not pass: the run's data, a fresh model, the runtime."""
-    from cnnlab.train.run import build_model, load_data
-    from cnnlab.train.runtime import resolve_runtime
-
     runtime = runtime or resolve_runtime(cfg.train)
     splits = splits if splits is not None else load_data(cfg)
     if len(splits.train) == 0:
@@ -167,11 +180,8 @@ def training_batches(
     splits: Splits, batch_size: int, count: int, seed: int, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``count`` shuffled, normalised, un-augmented training batches."""
-    from cnnlab.data.loader import DeviceLoader
-
-    mean, std = splits.stats
     size = min(batch_size, len(splits.train))
-    loader = DeviceLoader(splits.train, batch_size=size, mean=mean, std=std, train=True, seed=seed, device=device)
+    loader = build_loader(splits.train, splits.stats, Runtime.local(device), batch_size=size, train=True, seed=seed)
     out = []
     for x, y in loader:
         out.append((x, y))
@@ -237,8 +247,6 @@ def check_setup(
     }  # fmt: skip
     report = CheckReport(items, context)
     if out_dir is not None:
-        from cnnlab.io import atomic_write_json
-
         atomic_write_json(Path(out_dir) / "check.json", report.as_dict())
     return report
 
@@ -366,8 +374,6 @@ def weight_decay_check(
     built by cnnlab's own :func:`~cnnlab.train.optim.build_optimizer`, so it follows the
     same rule as training: conv and linear weights decay, norm parameters and biases not.
     """
-    from cnnlab.train.optim import build_optimizer
-
     wd = weight_decay if weight_decay is not None else (cfg.optim.weight_decay or DEFAULT_CHECK_WEIGHT_DECAY)
     if not wd > 0:
         raise CnnlabError(f"the weight-decay check needs a positive weight decay, got {wd}")

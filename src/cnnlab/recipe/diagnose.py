@@ -7,19 +7,8 @@ named threshold: the learning rate too high (divergence or spikes) or too low (a
 straight descent), a plateau at a constant learning rate, a bad initialisation (a
 "hockey stick"), labels that cannot be learned, overfitting and underfitting. Every
 finding carries its evidence (numbers read from the curves) and advice, and the
-:class:`Diagnosis` merges the findings into a machine-usable ``suggestion`` that the
-recipe loop applies to its next search:
-
-==========================  =================================================================
-``lr_scale``                multiply the learning rate (range) by this (0.1, 0.3 or 3)
-``more_regularisation``     more weight decay / augmentation / dropout, or more data
-``less_regularisation``     less weight decay / augmentation / dropout
-``longer``                  train for more epochs
-``bigger_model``            more capacity (width / depth)
-``decay``                   use a decaying schedule (cosine, onecycle, step)
-``check_init``              inspect the initialisation and the initial loss
-``check_labels``            inspect the labels (shuffled? misaligned with the images?)
-==========================  =================================================================
+:class:`Diagnosis` merges the findings into a machine-usable :class:`Suggestion` that the
+recipe loop applies to its next search (:meth:`cnnlab.recipe.space.SearchSpace.adjusted`).
 
 The thresholds are heuristics for whole-epoch averages; they are deliberately strict so
 a healthy run reports no finding.
@@ -28,12 +17,15 @@ a healthy run reports no finding.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_json
+from cnnlab.report.plots import pyplot, save_figure
+from cnnlab.runfolder import RunFolder
 
 # --------------------------------------------------------------------------- thresholds
 
@@ -105,6 +97,54 @@ SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 
 
 @dataclass(frozen=True)
+class Suggestion:
+    """What to change next, as a diagnosis sees it: the one vocabulary the recipe acts on.
+
+    Attributes:
+        lr_scale: multiply the learning rate (range) by this (0.1, 0.3 or 3; 1: leave it).
+        more_regularisation: more weight decay / augmentation / dropout, or more data.
+        less_regularisation: less weight decay / augmentation / dropout.
+        longer: train for more epochs.
+        bigger_model: more capacity (width / depth).
+        decay: use a decaying schedule (cosine, onecycle, step).
+        check_init: inspect the initialisation and the initial loss.
+        check_labels: inspect the labels (shuffled? misaligned with the images?).
+    """
+
+    lr_scale: float = 1.0
+    more_regularisation: bool = False
+    less_regularisation: bool = False
+    longer: bool = False
+    bigger_model: bool = False
+    decay: bool = False
+    check_init: bool = False
+    check_labels: bool = False
+
+    def __bool__(self) -> bool:
+        """True when it suggests anything at all."""
+        return self != Suggestion()
+
+    def merged(self, other: Suggestion) -> Suggestion:
+        """Both suggestions at once. Two LR findings cannot point in different directions
+        (the detectors exclude each other); if several scale it, the strongest cut wins."""
+        flags = {f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self) if f.name != "lr_scale"}
+        scales = [s for s in (self.lr_scale, other.lr_scale) if s != 1.0]
+        return Suggestion(lr_scale=min(scales) if scales else 1.0, **flags)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data: only what it suggests, e.g. ``{"lr_scale": 0.3}``; ``{}`` for nothing."""
+        default = Suggestion()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Suggestion:
+        """The inverse of :meth:`as_dict` (unknown keys, from a newer cnnlab, are ignored)."""
+        data = data or {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
 class Finding:
     """One pattern seen in the curves."""
 
@@ -112,13 +152,20 @@ class Finding:
     severity: str  # high (fix first) | medium | low
     evidence: str  # the numbers from the curves that show it
     advice: str  # what to try next
-    suggestion: dict[str, Any] = field(default_factory=dict)  # machine-usable part (see the module docstring)
+    suggestion: Suggestion = Suggestion()  # the machine-usable part
     epochs: tuple[int, int] | None = None  # first and last epoch (0-based) of the evidence
 
     def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["epochs"] = list(self.epochs) if self.epochs else None
-        return out
+        """Plain data for JSON."""
+        return {"kind": self.kind, "severity": self.severity, "evidence": self.evidence, "advice": self.advice,
+                "suggestion": self.suggestion.as_dict(), "epochs": list(self.epochs) if self.epochs else None}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        """The inverse of :meth:`as_dict`."""
+        epochs = data.get("epochs")
+        return cls(data["kind"], data["severity"], data["evidence"], data["advice"],
+                   Suggestion.from_dict(data.get("suggestion")), tuple(epochs) if epochs else None)  # fmt: skip
 
     def line(self) -> str:
         """One line for the terminal."""
@@ -131,7 +178,7 @@ class Diagnosis:
 
     findings: list[Finding]
     summary: str
-    suggestion: dict[str, Any]  # the findings' suggestions merged; {} for a healthy run
+    suggestion: Suggestion  # the findings' suggestions merged; empty for a healthy run
     epochs: int
     num_classes: int | None = None
 
@@ -147,14 +194,18 @@ class Diagnosis:
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         return {
-            "summary": self.summary, "healthy": self.healthy, "suggestion": dict(self.suggestion),
+            "summary": self.summary, "healthy": self.healthy, "suggestion": self.suggestion.as_dict(),
             "findings": [f.as_dict() for f in self.findings], "epochs": self.epochs, "num_classes": self.num_classes,
         }  # fmt: skip
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Diagnosis:
+        """The inverse of :meth:`as_dict`."""
+        return cls([Finding.from_dict(f) for f in data.get("findings") or []], data.get("summary", ""),
+                   Suggestion.from_dict(data.get("suggestion")), int(data.get("epochs") or 0), data.get("num_classes"))  # fmt: skip
+
     def save(self, run_dir: str | Path, records: Sequence[dict[str, Any]] | None = None) -> Path:
         """Write ``diagnosis.json`` (and ``diagnosis.png`` when ``records`` are given) into ``run_dir``."""
-        from cnnlab.io import atomic_write_json
-
         path = Path(run_dir) / "diagnosis.json"
         atomic_write_json(path, self.as_dict())
         if records:
@@ -163,8 +214,6 @@ class Diagnosis:
 
     def plot(self, records: Sequence[dict[str, Any]], path: str | Path) -> Path:
         """Save the loss and accuracy curves with each finding's epochs shaded and named."""
-        from cnnlab.report.plots import pyplot, save_figure
-
         plt = pyplot()
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
         x = [r["epoch"] + 1 for r in records]
@@ -263,21 +312,21 @@ def _lr_too_high(c: _Curves) -> Finding | None:
         first = c.nonfinite[0]
         return Finding("lr_too_high", "high", f"the loss became NaN/inf in {_ep(first)} (lr {c.lr[first]:.3g})",
                        "lower the learning rate about 10x (or run `cnnlab lr-find`); add --grad-clip",
-                       {"lr_scale": LR_SCALE_DIVERGED}, (first, first))  # fmt: skip
+                       Suggestion(lr_scale=LR_SCALE_DIVERGED), (first, first))  # fmt: skip
     best_i = min(range(c.n), key=lambda i: tl[i])
     if best_i < c.n - 1 and tl[-1] > DIVERGE_RATIO * tl[best_i]:
         return Finding("lr_too_high", "high",
                        f"the training loss rose from its best {tl[best_i]:.3f} ({_ep(best_i)}) to {tl[-1]:.3f} "
                        f"({_ep(c.n - 1)}), {tl[-1] / tl[best_i]:.1f}x: training diverged",
                        "lower the learning rate about 10x (or run `cnnlab lr-find`)",
-                       {"lr_scale": LR_SCALE_DIVERGED}, (best_i, c.n - 1))  # fmt: skip
+                       Suggestion(lr_scale=LR_SCALE_DIVERGED), (best_i, c.n - 1))  # fmt: skip
     spikes = [i for i in range(1, c.n) if tl[i] > SPIKE_RATIO * tl[i - 1] and tl[i] - tl[i - 1] > SPIKE_MIN_NATS]
     if spikes:
         shown = ", ".join(f"{_ep(i)} {tl[i - 1]:.3f} -> {tl[i]:.3f}" for i in spikes[:3])
         return Finding("lr_too_high", "medium",
                        f"{len(spikes)} spike(s) of the training loss ({shown}) at lr {c.lr[spikes[0]]:.3g}",
                        "lower the learning rate about 3x, or add warmup / --grad-clip",
-                       {"lr_scale": LR_SCALE_SPIKES}, (spikes[0], spikes[-1]))  # fmt: skip
+                       Suggestion(lr_scale=LR_SCALE_SPIKES), (spikes[0], spikes[-1]))  # fmt: skip
     return None
 
 
@@ -288,7 +337,7 @@ def _bad_init(c: _Curves) -> Finding | None:
                        f"the first epoch's training loss {tl[0]:.3f} is {tl[0] / math.log(c.num_classes):.1f}x "
                        f"ln({c.num_classes}) = {math.log(c.num_classes):.3f}, the loss of a uniform guess",
                        "check the initial loss (`cnnlab check`): scale down the last layer's weights, keep the prior bias",
-                       {"check_init": True}, (0, 0))  # fmt: skip
+                       Suggestion(check_init=True), (0, 0))  # fmt: skip
     flat = 1
     while flat < c.n and tl[flat] >= tl[0] * (1 - HOCKEY_FLAT_TOL):
         flat += 1
@@ -297,7 +346,7 @@ def _bad_init(c: _Curves) -> Finding | None:
                        f"hockey stick: the training loss stayed at {tl[0]:.3f} for {flat} epochs, then fell to "
                        f"{tl[flat]:.3f} in {_ep(flat)}",
                        "check the initialisation (kaiming for ReLU, normalisation layers) and the initial loss; warmup",
-                       {"check_init": True}, (0, flat))  # fmt: skip
+                       Suggestion(check_init=True), (0, flat))  # fmt: skip
     return None
 
 
@@ -316,7 +365,7 @@ def _labels_not_learnable(c: _Curves) -> Finding | None:
                        f"stayed at {what}: median {_pct(typical)} over the last {len(late)} epochs (at most {_pct(max(va))})",
                        "the network memorises labels that do not generalise: check that labels match images "
                        "(shuffled? misaligned?) and that train and validation come from the same source",
-                       {"check_labels": True}, (0, c.n - 1))  # fmt: skip
+                       Suggestion(check_labels=True), (0, c.n - 1))  # fmt: skip
     return None
 
 
@@ -334,14 +383,14 @@ def _overfitting(c: _Curves) -> Finding | None:
                        f"grew {_pts(gaps[best])} -> {_pts(gaps[-1])}",
                        "more regularisation (weight decay, augmentation, dropout) or more data; early stopping "
                        f"keeps the weights of {_ep(best)}",
-                       {"more_regularisation": True}, (best, c.n - 1))  # fmt: skip
+                       Suggestion(more_regularisation=True), (best, c.n - 1))  # fmt: skip
     smallest = min(range(c.n), key=lambda i: gaps[i])
     if gaps[-1] >= OVERFIT_GAP and gaps[-1] - gaps[smallest] >= OVERFIT_GAP_GROWTH:
         return Finding("overfitting", "medium",
                        f"the train-val accuracy gap grew from {_pts(gaps[smallest])} ({_ep(smallest)}) to "
                        f"{_pts(gaps[-1])} (train {_pct(c.train_acc[-1])}, val {_pct(c.val_acc[-1])})",
                        "more regularisation (weight decay, augmentation, dropout) or more data",
-                       {"more_regularisation": True}, (smallest, c.n - 1))  # fmt: skip
+                       Suggestion(more_regularisation=True), (smallest, c.n - 1))  # fmt: skip
     return None
 
 
@@ -357,7 +406,7 @@ def _lr_too_low(c: _Curves) -> Finding | None:
                        f"the training loss fell in a straight line {tl[0]:.3f} -> {tl[-1]:.3f} (R^2 {r2:.2f}; the second "
                        f"half of the run lowered it {second:.3f}, the first {first:.3f}): it has not started to bend",
                        "raise the learning rate about 3x (or run `cnnlab lr-find`)",
-                       {"lr_scale": LR_SCALE_SLOW}, (0, c.n - 1))  # fmt: skip
+                       Suggestion(lr_scale=LR_SCALE_SLOW), (0, c.n - 1))  # fmt: skip
     return None
 
 
@@ -386,7 +435,7 @@ def _plateau(c: _Curves) -> Finding | None:
                        f"the training loss stayed at {tl[-k]:.3f}-{tl[-1]:.3f} (within {change:.1%}) for the last {k} "
                        f"epochs at a constant lr {lrs[-1]:.3g}",
                        "decay the learning rate (--schedule cosine or onecycle, or step) to go below the plateau",
-                       {"decay": True}, (c.n - k, c.n - 1))  # fmt: skip
+                       Suggestion(decay=True), (c.n - k, c.n - 1))  # fmt: skip
     return None
 
 
@@ -404,11 +453,11 @@ def _underfitting(c: _Curves) -> Finding | None:
         # A curve that still falls is cut short, not held back: less regularisation is the
         # second move, once a longer run has gone flat (acting on it at once drives short
         # search trials toward no regularisation at all).
-        suggestion = {"longer": True}
+        suggestion = Suggestion(longer=True)
     else:
         trend, advice = (f"flat ({fall:.1%} over the last {k} epochs)",
                          "a bigger model, less regularisation, or a higher learning rate")  # fmt: skip
-        suggestion = {"less_regularisation": True, "bigger_model": True}
+        suggestion = Suggestion(less_regularisation=True, bigger_model=True)
     return Finding("underfitting", "medium",
                    f"the training accuracy is only {_pct(ta)}{val} after {c.n} epochs, {trend}",
                    advice, suggestion, (max(0, c.n - 1 - k), c.n - 1))  # fmt: skip
@@ -439,7 +488,7 @@ def diagnose(records: Sequence[dict[str, Any]], *, num_classes: int | None = Non
     c = _curves(records, num_classes)
     if c.n < MIN_EPOCHS:
         short = Finding("too_short", "low", f"only {c.n} epoch(s): too few to read a trend",
-                        f"train at least {MIN_EPOCHS} epochs (5-10 for the LR and plateau checks)", {"longer": True})  # fmt: skip
+                        f"train at least {MIN_EPOCHS} epochs (5-10 for the LR and plateau checks)", Suggestion(longer=True))  # fmt: skip
         return _assemble([short], c)
     if c.nonfinite:  # every other check would compare NaNs: the divergence is the finding
         return _assemble([_lr_too_high(c)], c)  # type: ignore[list-item]
@@ -454,12 +503,9 @@ def diagnose(records: Sequence[dict[str, Any]], *, num_classes: int | None = Non
 
 
 def _assemble(findings: list[Finding], c: _Curves) -> Diagnosis:
-    suggestion: dict[str, Any] = {}
+    suggestion = Suggestion()
     for f in findings:
-        for key, value in f.suggestion.items():
-            # Two LR findings cannot point in different directions (the detectors exclude
-            # each other); if several scale it, the strongest cut wins.
-            suggestion[key] = min(suggestion[key], value) if key == "lr_scale" and key in suggestion else value
+        suggestion = suggestion.merged(f.suggestion)
     if findings:
         summary = f"{len(findings)} finding(s): " + ", ".join(f"{f.kind} ({f.severity})" for f in findings)
     else:
@@ -474,18 +520,13 @@ def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
     Raises:
         CnnlabError: the folder or its ``metrics.jsonl`` is missing or unreadable.
     """
-    import json
-
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise CnnlabError(f"run folder {run} does not exist; pass a folder written by `cnnlab train`")
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise CnnlabError(f"{run} has no metrics.jsonl; pass a run folder written by `cnnlab train` (after its first epoch)")
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (json.JSONDecodeError, OSError) as exc:
-        raise CnnlabError(f"{path} is not readable JSON lines ({str(exc)[:120]}); was it written by cnnlab?") from None
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
+        raise CnnlabError(f"run folder {run.path} does not exist; pass a folder written by `cnnlab train`")
+    records = run.read_metrics()
+    if not records:
+        raise CnnlabError(f"{run.path} has no metrics.jsonl; pass a run folder written by `cnnlab train` (after its first epoch)")
+    return records
 
 
 def diagnose_run(run_dir: str | Path, *, num_classes: int | None = None) -> Diagnosis:
@@ -500,16 +541,11 @@ def diagnose_run(run_dir: str | Path, *, num_classes: int | None = None) -> Diag
     """
     records = load_records(run_dir)
     if num_classes is None:
-        num_classes = _classes_from_summary(Path(run_dir))
+        num_classes = _classes_from_summary(RunFolder(run_dir))
     return diagnose(records, num_classes=num_classes)
 
 
-def _classes_from_summary(run: Path) -> int | None:
+def _classes_from_summary(run: RunFolder) -> int | None:
     """The class count a finished run wrote to summary.json (None while it runs)."""
-    import json
-
-    try:
-        value = json.loads((run / "summary.json").read_text()).get("classes")
-    except (OSError, ValueError, AttributeError):
-        return None
+    value = (run.read_summary() or {}).get("classes")
     return int(value) if isinstance(value, int) and value > 1 else None

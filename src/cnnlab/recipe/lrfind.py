@@ -26,24 +26,27 @@ rule here reads *levels* of a strongly smoothed curve instead:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
+import torch
 
+from cnnlab import checkpoint as ckpt
+from cnnlab.config import RunConfig
+from cnnlab.data.imageset import Splits
 from cnnlab.errors import CnnlabError
-
-if TYPE_CHECKING:  # torch and the training stack are imported where they are used
-    from collections.abc import Iterator
-
-    import torch
-
-    from cnnlab.config import RunConfig
-    from cnnlab.data.loader import DeviceLoader
-    from cnnlab.data.sources import Splits
-    from cnnlab.train.runtime import Runtime
+from cnnlab.io import atomic_write_json
+from cnnlab.run import build_model, load_data
+from cnnlab.train.fit import build_loss, seed_everything
+from cnnlab.train.loaders import train_loader
+from cnnlab.train.loop import BatchSource, TrainStep
+from cnnlab.train.optim import build_optimizer
+from cnnlab.train.runtime import Runtime, deterministic, prepare, resolve_runtime
 
 # Steps ignored at the start: a fresh model's first batches can spike (prior-bias
 # corrections, batch-norm statistics warming up); 5 % of the sweep, at least 3 steps.
@@ -261,8 +264,6 @@ class LRFindResult:
     @classmethod
     def load(cls, path: str | Path) -> LRFindResult:
         """Read a result back from ``lr_find.json`` (or the folder holding it)."""
-        import json
-
         path = Path(path)
         path = path / "lr_find.json" if path.is_dir() else path
         try:
@@ -278,7 +279,7 @@ class LRFindResult:
 
     def plot(self, path: str | Path) -> Path:
         """Save loss vs learning rate (log x axis), the smoothed curve and the suggestion as a PNG."""
-        from cnnlab.report.plots import pyplot, save_figure
+        from cnnlab.report.plots import pyplot, save_figure  # lazy: matplotlib is slow to import
 
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
@@ -303,8 +304,6 @@ class LRFindResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``lr_find.json`` and ``lr_find.png`` into ``out_dir``; return the folder."""
-        from cnnlab.io import atomic_write_json
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "lr_find.json", self.as_dict())
@@ -350,11 +349,6 @@ def lr_find(
     Raises:
         CnnlabError: bad arguments, too few usable steps, or a distributed runtime.
     """
-    from cnnlab.train import checkpoint as ckpt
-    from cnnlab.train.fit import seed_everything
-    from cnnlab.train.run import build_model, load_data
-    from cnnlab.train.runtime import deterministic, resolve_runtime
-
     _check_args(start, end, steps, diverge)
     runtime = runtime or resolve_runtime(cfg.train)
     if runtime.distributed:
@@ -427,35 +421,25 @@ def _sweep(
     diverge: float,
     channels_last: bool,
 ) -> tuple[list[float], list[float], str | None]:
-    """Train one batch per learning rate; return the LRs and losses recorded and why it stopped early."""
-    import torch
-    from torch import nn
+    """Train one batch per learning rate; return the LRs and losses recorded and why it stopped early.
 
-    from cnnlab.data.augment import build_augment
-    from cnnlab.data.loader import DeviceLoader
-    from cnnlab.train.optim import build_optimizer, set_lr
-
+    Each step is training's own :class:`TrainStep` (loss, autocast, gradient clipping) with
+    the schedule replaced by the sweep; the loss is read after every step, since the sweep
+    decides from each one whether to go on.
+    """
     tc = cfg.train
-    mean, std = splits.stats
-    loader = DeviceLoader(splits.train, batch_size=tc.batch_size, mean=mean, std=std, train=True, seed=tc.seed,
-                          augment=build_augment(cfg.data.augment, mean=mean), device=runtime.device,
-                          channels_last=runtime.channels_last)  # fmt: skip
-    model.to(runtime.device)
-    if channels_last and runtime.channels_last:  # only for a model we built: a caller's keeps its layout
-        model.to(memory_format=torch.channels_last)
+    batches = _endless(train_loader(splits, cfg, runtime))
+    # only a model we built changes memory format: a caller's keeps its layout
+    model = prepare(model, runtime, channels_last=channels_last)
     model.train()
-    optimizer = build_optimizer(model, cfg.optim)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    batches = _endless(loader)
+    step = TrainStep(build_optimizer(model, cfg.optim), build_loss(tc, splits, runtime.device),
+                     lambda t: float(schedule[t]), runtime, grad_clip=tc.grad_clip)  # fmt: skip
     lrs: list[float] = []
     losses: list[float] = []
     avg, best = 0.0, math.inf
     for t, lr in enumerate(schedule, start=1):
         x, y = next(batches)
-        set_lr(optimizer, float(lr))
-        with runtime.autocast():
-            loss = loss_fn(model(x).float(), y)
-        value = float(loss.item())
+        value = float(step(model, x, y)[0])  # the loss before this step's update
         if not math.isfinite(value):
             return lrs, losses, f"the loss became NaN/inf at lr {lr:.3g}"
         lrs.append(float(lr))
@@ -465,15 +449,10 @@ def _sweep(
         best = min(best, smooth)
         if t > MIN_SKIP and smooth > diverge * best:
             return lrs, losses, f"the smoothed loss exceeded {diverge:g}x its minimum at lr {lr:.3g}"
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
     return lrs, losses, None
 
 
-def _endless(loader: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _endless(loader: BatchSource) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches, epoch after epoch (each epoch its own permutation and augmentation)."""
     epoch = 0
     while True:

@@ -39,14 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.config import OptimConfig, RunConfig
-from cnnlab.data.sources import Splits
+from cnnlab.data.imageset import Splits
+from cnnlab.data.sources import stratified_subset
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_json
 from cnnlab.recipe.checks import resolve_setup, train_mode_without_dropout
-from cnnlab.train.runtime import Runtime
+from cnnlab.train.fit import seed_everything
+from cnnlab.train.loaders import build_loader
+from cnnlab.train.loop import TrainStep
+from cnnlab.train.optim import build_optimizer
+from cnnlab.train.runtime import Runtime, prepare
 
 #: The default optimizer of the overfit step (see the module docstring).
 DEFAULT_OVERFIT_OPTIM = OptimConfig(name="adamw", lr=3e-3, weight_decay=0.0)
@@ -184,14 +189,8 @@ def subset_batches(
     splits: Splits, batch_size: int, batches: int, seed: int, runtime: Runtime
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed, stratified subset of ``batches * batch_size`` training images, as normalised batches."""
-    from cnnlab.data.loader import DeviceLoader
-    from cnnlab.data.sources import stratified_subset
-
     idx = stratified_subset(splits.train.labels, batches * batch_size, seed)
-    mean, std = splits.stats
-    loader = DeviceLoader(splits.train.subset(idx), batch_size=batch_size, mean=mean, std=std, train=False,
-                          device=runtime.device, channels_last=runtime.channels_last)  # fmt: skip
-    return list(loader)
+    return list(build_loader(splits.train.subset(idx), splits.stats, runtime, batch_size=batch_size))
 
 
 def train_on_batches(
@@ -210,17 +209,12 @@ def train_on_batches(
 
     Dropout is off, the loss is plain cross-entropy. After each step, the last
     ``len(data)`` steps (one pass over the subset) decide whether both thresholds are met;
-    with ``stop_early`` training stops there.
+    with ``stop_early`` training stops there. Each step is training's own :class:`TrainStep`.
     """
-    from cnnlab.train.fit import seed_everything
-    from cnnlab.train.optim import build_optimizer, set_lr
-
     seed_everything(seed)
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, optim)
-    set_lr(optimizer, optim.lr)  # constant: this step tests learnability, not a schedule
+    model = prepare(model, runtime)
+    # a constant learning rate: this step tests learnability, not a schedule
+    train_step = TrainStep(build_optimizer(model, optim), nn.CrossEntropyLoss(), lambda step: optim.lr, runtime)
     train_mode_without_dropout(model)
     losses: list[float] = []
     accs: list[float] = []
@@ -229,14 +223,9 @@ def train_on_batches(
     diverged = False
     for step in range(steps):
         x, y = data[step % len(data)]
-        with runtime.autocast():
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        accs.append(float((logits.detach().argmax(1) == y).float().mean()))
+        loss, logits = train_step(model, x, y)
+        losses.append(float(loss))  # a sync per step: every step's loss decides whether to go on
+        accs.append(float((logits.argmax(1) == y).float().mean()))
         if not math.isfinite(losses[-1]):
             diverged = True
             break
@@ -346,8 +335,6 @@ def _diagnose(
 
 def write_overfit(report: OverfitReport, out_dir: str | Path, *, title: str | None = None) -> OverfitReport:
     """Write ``overfit.json`` and ``overfit.png`` into ``out_dir``; return the report with ``files`` set."""
-    from cnnlab.io import atomic_write_json
-
     out = Path(out_dir)
     png = overfit_plot(report, out / "overfit.png", title=title)
     report = dataclasses.replace(report, files=(str(out / "overfit.json"), str(png)))
@@ -361,7 +348,7 @@ def overfit_plot(report: OverfitReport, path: str | Path, *, title: str | None =
     With several batches the per-batch loss is drawn faintly and the mean over the last pass
     (``batches`` steps) boldly: the pass mean is what the verdict reads.
     """
-    from cnnlab.report.plots import pyplot, save_figure
+    from cnnlab.report.plots import pyplot, save_figure  # lazy: matplotlib is slow to import
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)

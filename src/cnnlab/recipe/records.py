@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnlab.config import RunConfig, dump_yaml, from_dict, to_dict
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_json, atomic_write_text
 from cnnlab.recipe.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -147,8 +148,6 @@ def best_config(result: SearchResult) -> RunConfig:
 
 def write_result(result: SearchResult) -> Path:
     """Write ``search.json`` (and ``best.yaml`` once a trial finished) into the search folder."""
-    from cnnlab.io import atomic_write_json, atomic_write_text
-
     out = Path(result.settings.out_dir)
     atomic_write_json(out / "search.json", result.as_dict())
     if result.best is not None:

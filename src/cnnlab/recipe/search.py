@@ -19,7 +19,6 @@ and ``best.yaml`` (the base config with the best values) are written to the sear
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.config import RunConfig, from_dict, to_dict
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, TrainingDiverged
 from cnnlab.recipe import storage as st
 from cnnlab.recipe.records import (  # noqa: F401 - re-exported
     SearchResult,
@@ -55,6 +54,7 @@ from cnnlab.recipe.workers import (
     stop_workers,
     threads_per_worker,
 )
+from cnnlab.run import run_training
 
 if TYPE_CHECKING:
     import optuna
@@ -94,14 +94,14 @@ def load_search(out_dir: str | Path, *, storage: str | None = None, study_name: 
 def _count_active(study: optuna.Study) -> int:
     """Trials that count towards the target: finished or running. Not FAIL (its slot is
     re-run), not WAITING (enqueued points count once a worker starts them)."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # lazy: optional dependency, imported only when a search runs
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     return len(study.get_trials(deepcopy=False, states=states))
 
 
 def _make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    import optuna
+    import optuna  # lazy: optional dependency, imported only when a search runs
 
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -110,7 +110,7 @@ def _make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def _make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    import optuna
+    import optuna  # lazy: optional dependency, imported only when a search runs
 
     if name == "asha":  # rungs at epochs 1, 3, 9...: keep the best third at each rung
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
@@ -167,16 +167,8 @@ class EpochReporter:
         return False
 
 
-def _diverged(exc: CnnlabError) -> bool:
-    # fit() turns a NaN/inf loss into a CnnlabError with this wording; a too-high LR is a
-    # result (a bad one), not a broken trial, so the sampler should learn from it.
-    return "NaN/inf" in str(exc)
-
-
 def _objective(settings: SearchSettings, verbose: bool):  # noqa: ANN202 - an optuna objective
-    import optuna
-
-    from cnnlab.train.run import run_training
+    import optuna  # lazy: optional dependency, imported only when a search runs
 
     base, space = from_dict(RunConfig, settings.base_config), SearchSpace.from_dict(settings.space)
     trials_dir = Path(settings.out_dir) / "trials"
@@ -190,12 +182,12 @@ def _objective(settings: SearchSettings, verbose: bool):  # noqa: ANN202 - an op
         reporter = EpochReporter(trial, settings.epochs)
         try:  # the test split stays unseen by the search: trials are chosen by validation accuracy only
             summary = run_training(cfg, run_dir, on_epoch_end=reporter, verbose=verbose, evaluate_test=False)
-        except CnnlabError as exc:
-            if not _diverged(exc):
-                trial.set_user_attr("error", str(exc))
-                raise
+        except TrainingDiverged:  # a too-high LR is a result (a bad one), not a broken trial: the sampler learns from it
             trial.set_user_attr("stop_reason", "diverged (NaN/inf loss)")
             raise optuna.TrialPruned("diverged") from None
+        except CnnlabError as exc:
+            trial.set_user_attr("error", str(exc))
+            raise
         except Exception as exc:  # a crash in one trial (e.g. a model option it cannot take) fails only it
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
@@ -220,7 +212,7 @@ def _work(study: optuna.Study, verbose: bool, *, out_dir: str) -> None:
 
     Trial run folders go under ``out_dir``/trials (this worker's view of the search folder).
     """
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # lazy: optional dependency, imported only when a search runs
 
     failures = 0
     while True:
@@ -279,7 +271,7 @@ def prepare_search(
     out = Path(out_dir).resolve()
     url = storage or st.default_storage_url(out)
     name = study_name or f"cnnlab-{stage}-{out.name}"
-    apply_params(base_cfg, {k: (v[1][0] if v[0] == "cat" else v[1]) for k, v in space.knobs().items()})  # paths valid?
+    apply_params(base_cfg, {k: knob.example() for k, knob in space.knobs().items()})  # paths valid?
     study = optuna.create_study(study_name=name, storage=st.open_storage(url, heartbeat=heartbeat),
                                 direction="maximize", load_if_exists=True)  # fmt: skip
     previous = study.user_attrs.get(SETTINGS_ATTR)
@@ -336,8 +328,10 @@ def join_search(
     try:
         _work(study, verbose, out_dir=settings.out_dir)
     except BaseException:  # Ctrl-C, a broken config: still record what finished, then re-raise
-        with contextlib.suppress(Exception):
+        try:
             _finish(study, storage, settings.out_dir)
+        except Exception as exc:  # noqa: BLE001 - the original error matters more; say why nothing was recorded
+            log.warning("could not record the finished trials: %s", exc)
         raise
     finally:
         optuna.logging.set_verbosity(verbosity)

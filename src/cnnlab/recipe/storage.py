@@ -16,7 +16,9 @@ trial still RUNNING on this host whose process is gone is marked FAIL instead.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import socket
 import warnings
 from pathlib import Path
@@ -38,7 +40,7 @@ WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process runnin
 def import_optuna():  # noqa: ANN201 - the optuna module, imported lazily
     """Import optuna, or explain how to install it."""
     try:
-        import optuna
+        import optuna  # lazy: optional dependency (the recipe extra); `import cnnlab` must not need it
     except ImportError:
         raise CnnlabError("the search needs optuna: pip install 'cnnlab[recipe]' (or 'cnnlab[postgres]')") from None
     return optuna
@@ -103,8 +105,6 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> optu
 
 def _one_line(exc: BaseException) -> str:
     """A driver error on one short line, without SQLAlchemy's "(module.Error)" prefix and link."""
-    import re
-
     text = str(exc).split("(Background on this error")[0]
     text = re.sub(r"^\([\w.]+\)\s*", "", " ".join(text.split()))
     return text[:200].rstrip(" .") or type(exc).__name__
@@ -116,8 +116,6 @@ def _with_installed_driver(url: str) -> str:
     SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, 2.0 as psycopg2; cnnlab's
     ``postgres`` extra installs psycopg2-binary, so pick whichever of the two imports.
     """
-    import importlib.util
-
     scheme, sep, rest = url.partition("://")
     if scheme not in ("postgresql", "postgres"):
         return url
@@ -128,8 +126,8 @@ def _with_installed_driver(url: str) -> str:
 
 
 def _open_journal(path: Path) -> optuna.storages.BaseStorage:
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    import optuna  # lazy: optional dependency, imported only when a study is opened
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # lazy: as above
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +173,7 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     checks whether the recorded worker process still exists on this host.
     """
     optuna = import_optuna()
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # lazy: optional dependency, imported only when a study is open
 
     storage = study._storage  # noqa: SLF001 - optuna offers no public accessor for a study's storage
     if getattr(storage, "get_heartbeat_interval", lambda: None)():
@@ -197,7 +195,7 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
 
 
 def _finished(study: optuna.Study) -> set[int]:
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # lazy: optional dependency, imported only when a study is open
 
     return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
 
@@ -208,7 +206,7 @@ def watched_running_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial
     A finished worker waits for these before it exits, so that a trial lost with a killed
     worker is re-run; trials it could never see fail are not waited for.
     """
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # lazy: optional dependency, imported only when a study is open
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # noqa: SLF001

@@ -7,9 +7,12 @@ the environment, so a database password never shows in the process list.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+
+import torch
 
 
 def threads_per_worker(workers: int) -> int | None:
@@ -20,10 +23,9 @@ def threads_per_worker(workers: int) -> int | None:
 
 
 def set_torch_threads(threads: int | None) -> int | None:
+    """Let torch use ``threads`` CPU threads (None: leave it); return the previous count."""
     if threads is None:
         return None
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     return previous
@@ -41,8 +43,6 @@ def spawn_worker(study_name: str, url: str, seed: int, threads: int | None) -> s
 
 def stop_workers(procs: Sequence[subprocess.Popen], grace: float = 60.0) -> None:
     """Ask still-running workers to stop (SIGINT: they finish the step and record the trial), then kill."""
-    import signal
-
     running = [p for p in procs if p.poll() is None]
     for proc in running:
         proc.send_signal(signal.SIGINT)

@@ -1,6 +1,7 @@
 """Plotting functions: arrays in, PNG files out (matplotlib with the Agg backend).
 
-Nothing here imports the rest of cnnlab, so any part may call it.
+Nothing here imports the rest of cnnlab (but :mod:`cnnlab.io`), so any part may call it;
+matplotlib is imported on first use, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from cnnlab.io import atomic_path
 
 
 def pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily and headless (Agg)
@@ -23,8 +26,6 @@ def pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily and headless 
 
 def save_figure(fig, path: str | Path) -> Path:  # noqa: ANN001
     """Write ``fig`` atomically (format from the suffix), close it, return the path."""
-    from cnnlab.io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=fig.dpi, bbox_inches="tight")

@@ -5,15 +5,21 @@
 also keeps the run folder up to date (metrics, curves, atomic checkpoints), and with
 ``resume`` it continues a checkpoint exactly. ``on_epoch_end(record)`` is the one
 extension point: return True to stop (early stopping, pruning), or raise.
+
+Inside, a :class:`Trainer` is assembled once (model placed by
+:func:`~cnnlab.train.runtime.prepare`, optimizer, EMA, :class:`TrainStep`, callbacks,
+run writer), optionally restored from a checkpoint, and run epoch by epoch. Early
+stopping and ``best.pt`` are ``on_epoch_end`` callables like a user's
+(:mod:`cnnlab.train.callbacks`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
-import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +29,20 @@ import torch
 from torch import nn
 
 from cnnlab import __version__
-from cnnlab.config import RunConfig, to_dict
-from cnnlab.data.loader import DeviceLoader
-from cnnlab.data.sources import Splits
-from cnnlab.errors import CnnlabError
-from cnnlab.train import checkpoint as ckpt
-from cnnlab.train.loop import EpochState, NonFiniteLoss, TrainStep, evaluate, train_one_epoch
+from cnnlab import checkpoint as ckpt
+from cnnlab.config import RunConfig, TrainConfig, to_dict
+from cnnlab.data.imageset import Splits
+from cnnlab.errors import CnnlabError, TrainingDiverged
+from cnnlab.train.callbacks import BestCheckpoint, EarlyStopping, EpochCallback
+from cnnlab.train.ema import EMA
+from cnnlab.train.interrupt import StopFlag
+from cnnlab.train.loaders import eval_loader, train_loader
+from cnnlab.train.loop import BatchSource, EpochState, NonFiniteLoss, TrainStep, evaluate, train_one_epoch
 from cnnlab.train.optim import build_optimizer
 from cnnlab.train.progress import EpochProgress, epoch_line
-from cnnlab.train.runtime import Runtime, all_reduce_sum, barrier, broadcast_flag, deterministic, resolve_runtime
+from cnnlab.train.runtime import Runtime, all_reduce_sum, barrier, broadcast_flag, deterministic, prepare, resolve_runtime
 from cnnlab.train.schedule import lr_factor
+from cnnlab.train.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,24 @@ class History:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def add(self, record: dict[str, Any]) -> None:
+        """Append an epoch record and update the bests (accuracy picks ``best_epoch``; ties: lower loss)."""
+        self.records.append(record)
+        self.train_seconds += record["time"]
+        if record["val_acc"] is None:
+            self.best_epoch = record["epoch"]
+        elif self.best_val_acc is None or (record["val_acc"], -record["val_loss"]) > (self.best_val_acc, -self._best_epoch_loss()):
+            self.best_epoch, self.best_val_acc = record["epoch"], record["val_acc"]
+        if record["val_loss"] is not None and (self.best_val_loss is None or record["val_loss"] < self.best_val_loss):
+            self.best_val_loss = record["val_loss"]
+
+    def is_best(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is the best epoch so far."""
+        return self.best_epoch == record["epoch"]
+
+    def _best_epoch_loss(self) -> float:
+        return next(r["val_loss"] for r in self.records if r["epoch"] == self.best_epoch)
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
@@ -68,35 +96,192 @@ def data_meta(splits: Splits) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _class_weights(splits: Splits) -> torch.Tensor:
-    counts = splits.train.class_counts().astype(np.float64)
-    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32)
+def build_loss(tc: TrainConfig, splits: Splits, device: torch.device) -> nn.Module:
+    """The training loss: cross-entropy with the run's label smoothing and, on request, class weights."""
+    weight = None
+    if tc.class_weights:
+        counts = splits.train.class_counts().astype(np.float64)
+        weight = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32).to(device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
 
 
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts."""
+class Trainer:
+    """One training run's parts, assembled once; :meth:`run` trains the remaining epochs.
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+    Arguments as :func:`fit`'s. Restore a checkpoint with :meth:`restore` before :meth:`run`.
+    """
 
-    def __enter__(self) -> _StopFlag:
+    def __init__(
+        self, model: nn.Module, splits: Splits, cfg: RunConfig, runtime: Runtime, *, run_dir: str | Path | None = None,
+        on_epoch_end: EpochCallback | None = None, lr_scales: Mapping[str, float] | None = None,
+        loaders: tuple[BatchSource, BatchSource | None] | None = None, verbose: bool = True,
+    ) -> None:  # fmt: skip
+        tc = self.tc = cfg.train
+        self.cfg, self.runtime, self.run_dir, self.verbose = cfg, runtime, run_dir, verbose
+        seed_everything(tc.seed)
+        self.train_loader, self.val_loader = loaders or (train_loader(splits, cfg, runtime), eval_loader(splits.val, splits, cfg, runtime))
+        self.raw_model = model
+        self.model = prepare(model, runtime, compile=tc.compile)  # what the forward pass goes through
+        self.optimizer = build_optimizer(model, cfg.optim, lr_scales=lr_scales)
+        self.ema = EMA(model, tc.ema) if tc.ema else None
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        self.warmup = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
+        self.step = TrainStep(self.optimizer, build_loss(tc, splits, runtime.device), self.lr_at, runtime,
+                              grad_clip=tc.grad_clip, ema=self.ema, ema_target=model)  # fmt: skip
+        self.history, self.epoch, self.epoch_state = History(), 0, EpochState()
+        self.early_stopping = EarlyStopping(tc.early_stopping)
+        self.user_callback = on_epoch_end
+        self.meta = {"config": to_dict(cfg), "model_args": dict(getattr(model, "model_args", {}) or {}),
+                     "data": data_meta(splits), "version": __version__}  # fmt: skip
+        self.writer: RunWriter | None = None  # opened by run(), on the main process of a run with a folder
+        self._last_save = time.monotonic()
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of global step ``step`` (peak lr x schedule)."""
+        return self.cfg.optim.lr * lr_factor(step, self.total_steps, self.cfg.schedule, self.warmup)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue the run a ``last.pt`` checkpoint describes, exactly where it stopped."""
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.epoch = int(state["epoch"])
+        self.epoch_state = EpochState(**state["epoch_state"])
+        h = state["history"]
+        self.history = History(**{k: v for k, v in h.items() if k in History.__dataclass_fields__})
+        self.history.stopped = None
+        self.early_stopping = EarlyStopping(self.tc.early_stopping, best_loss=self.history.best_val_loss,
+                                            bad_epochs=int(state.get("bad_epochs", 0)))  # fmt: skip
+        self.step.step = self.epoch * self.steps_per_epoch + self.epoch_state.batch
+        ckpt.set_rng_state(state["rng"])
+
+    def run(self) -> History:
+        """Train until the last epoch, a callback's stop, or Ctrl-C; return the history."""
+        self._open_writer()
+        callbacks = self._callbacks()
+        with StopFlag() as stop, deterministic(self.tc.deterministic):
+            self.step.stop = lambda: stop.requested
+            while self.epoch < self.tc.epochs:
+                if not self._train_epoch():
+                    self._interrupted()
+                    break
+                record = self._epoch_record()
+                self.history.add(record)
+                if self.verbose and self.runtime.is_main:
+                    print(epoch_line(record), flush=True)
+                self.epoch, self.epoch_state = self.epoch + 1, EpochState()
+                # Every callback sees every epoch; the first one asking to stop names the reason.
+                reasons = [reason for reason, callback in callbacks if callback(record)]
+                self.history.stopped = self.history.stopped or (reasons[0] if reasons else None)
+                self._end_epoch()
+                if reasons:
+                    break
+        self._close()
+        return self.history
+
+    def _open_writer(self) -> None:
+        if self.run_dir is not None and self.runtime.is_main:
+            self.writer = RunWriter(self.run_dir, self.cfg, start_epoch=self.epoch)
+
+    def _callbacks(self) -> list[tuple[str, EpochCallback]]:
+        """``(stop reason, callback)`` in the order they run after each epoch."""
+        callbacks: list[tuple[str, EpochCallback]] = []
+        if self.writer is not None:
+            best_weights = self.ema.module if self.ema is not None else self.raw_model
+            callbacks.append(("best-checkpoint", BestCheckpoint(self.writer.dir / "best.pt", self.meta,
+                                                                best_weights.state_dict, self.history.is_best)))  # fmt: skip
+        callbacks.append(("early-stopping", self.early_stopping))
+        if self.user_callback is not None:
+            callbacks.append(("callback", self.user_callback))
+        return callbacks
+
+    def _train_epoch(self) -> bool:
+        """Train the current epoch from where it stands; False when Ctrl-C stopped it (on any rank)."""
+        self.train_loader.set_epoch(self.epoch)
+        progress = EpochProgress(self.epoch, self.tc.epochs, self.steps_per_epoch,
+                                 enabled=self.verbose and self.runtime.is_main, start=self.epoch_state.batch)  # fmt: skip
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
+            finished = train_one_epoch(self.model, self.train_loader, self.step, self.epoch_state,
+                                       on_step=self._on_step, progress=progress)  # fmt: skip
+        except NonFiniteLoss as exc:
+            raise self._diverged(exc.step, exc.lr, "training") from None
+        except torch.cuda.OutOfMemoryError:
+            bs = self.tc.batch_size
+            raise CnnlabError(
+                f"out of GPU memory with --batch-size {bs} on {self.runtime.device}; "
+                f"try --batch-size {max(bs // 2, 1)} (and --lr halved), or a smaller model"
+            ) from None
+        finally:
+            progress.close()
+        return not broadcast_flag(not finished, self.runtime)
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("interrupt: finishing the current step and saving a checkpoint (Ctrl-C again to abort)")
+    def _epoch_record(self) -> dict[str, Any]:
+        """The finished epoch's record (summed over processes), validated when there is a validation split."""
+        s = self.epoch_state
+        loss_sum, correct, count, seconds = all_reduce_sum([s.loss_sum, s.correct, s.count, s.seconds], self.runtime)
+        seconds /= self.runtime.world_size
+        record: dict[str, Any] = {
+            "epoch": self.epoch, "epochs": self.tc.epochs, "train_loss": loss_sum / count, "train_acc": correct / count,
+            "lr": self.lr_at(self.step.step - 1), "time": seconds, "images_per_s": count / max(seconds, 1e-9),
+            "val_loss": None, "val_acc": None,
+        }  # fmt: skip
+        if self.val_loader is not None:
+            result = evaluate(self.ema.module if self.ema is not None else self.model, self.val_loader, self.runtime)
+            if not math.isfinite(result.loss):
+                raise self._diverged(self.step.step, record["lr"], "validation")
+            record.update(val_loss=result.loss, val_acc=result.acc, val_top5=result.top5)
+        return record
 
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+    def _diverged(self, step: int, lr: float, split: str) -> TrainingDiverged:
+        last = self.writer.dir / "last.pt" if self.writer is not None else None
+        return TrainingDiverged(self.epoch, step, lr, split=split, checkpoint=last if last is not None and last.is_file() else None)
+
+    def _on_step(self, state: EpochState) -> None:
+        """Mid-epoch checkpoints every ``checkpoint_minutes`` (called after each host sync)."""
+        interval = self.tc.checkpoint_minutes * 60
+        if interval > 0 and time.monotonic() - self._last_save >= interval:
+            self._save_last()
+
+    def _save_last(self) -> None:
+        """Write ``last.pt``: everything needed to continue from the current step exactly."""
+        if self.writer is not None:
+            self._write_last()
+        self._last_save = time.monotonic()
+
+    def _write_last(self) -> None:
+        ckpt.save_checkpoint(self.writer.dir / "last.pt", {
+            **self.meta, "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "epoch": self.epoch,
+            "epoch_state": self.epoch_state.as_dict(), "history": self.history.as_dict(),
+            "bad_epochs": self.early_stopping.bad_epochs, "rng": ckpt.rng_state(),
+            "loader": self.train_loader.state_dict(), "step": self.step.step,
+        })  # fmt: skip
+
+    def _end_epoch(self) -> None:
+        # The checkpoint first, then the files that describe it: metrics never get ahead of it.
+        self._save_last()
+        if self.writer is not None:
+            self.writer.write_epoch(self.history.records, title=self._curves_title())
+        barrier(self.runtime)
+
+    def _curves_title(self) -> str:
+        smoothing = self.tc.label_smoothing
+        return f"{self.cfg.model.name} on {self.cfg.data.source}" + (
+            f" (training loss includes label smoothing {smoothing:g})" if smoothing else "")
+
+    def _interrupted(self) -> None:
+        self._save_last()
+        barrier(self.runtime)
+        self.history.stopped = "interrupted"
+        log.warning("stopped in epoch %d; resume with: cnnlab train --resume %s", self.epoch + 1, self.run_dir or "RUNDIR")
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.ema is not None:  # the model leaves with the weights that were evaluated
+            self.raw_model.load_state_dict(self.ema.module.state_dict())
 
 
 def fit(
@@ -108,8 +293,8 @@ def fit(
     run_dir: str | Path | None = None,
     resume: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
-    backbone_lr_scale: float | None = None,
-    loaders: tuple[Any, Any] | None = None,
+    lr_scales: Mapping[str, float] | None = None,
+    loaders: tuple[BatchSource, BatchSource | None] | None = None,
     verbose: bool = True,
 ) -> History:
     """Train ``model`` on ``splits`` as ``cfg`` says.
@@ -122,198 +307,23 @@ def fit(
         run_dir: the run folder to write (metrics, curves, checkpoints); None writes nothing.
         resume: a checkpoint dict (from ``last.pt``) to continue exactly.
         on_epoch_end: called with each epoch's record; return True to stop.
-        backbone_lr_scale: discriminative learning rates (the backbone gets ``lr * scale``).
+        lr_scales: learning-rate multipliers by the model's named parameter groups
+            (``model.parameter_groups()``), e.g. ``{"backbone": 0.1}`` for discriminative
+            fine-tuning; None trains every parameter at the schedule's rate.
         loaders: ``(train, val)`` batch sources to use instead of image loaders built from
-            ``splits`` (val may be None); transfer learning passes cached features here.
+            ``splits`` (val may be None), e.g. cached features.
         verbose: print one line per epoch (and a progress bar on a terminal).
 
     Returns:
         The history; ``model`` holds the final weights (the EMA weights when EMA is on).
 
     Raises:
-        CnnlabError: a NaN/inf loss (with the epoch, step and learning rate), or bad settings.
+        TrainingDiverged: the training or validation loss became NaN/inf.
+        CnnlabError: bad settings, or out of GPU memory.
     """
-    from cnnlab.data.augment import build_augment
-    from cnnlab.train.ema import EMA
-
     runtime = runtime or resolve_runtime(cfg.train)
-    tc = cfg.train
-    seed_everything(tc.seed)
-    mean, std = splits.stats
-    weights = None
-    if tc.balanced_sampling:
-        counts = splits.train.class_counts()
-        weights = 1.0 / np.maximum(counts, 1)[splits.train.labels]
-    loader_args = dict(mean=mean, std=std, device=runtime.device, rank=runtime.rank, world_size=runtime.world_size,
-                       channels_last=runtime.channels_last)  # fmt: skip
-    if loaders is not None:
-        train_loader, val_loader = loaders
-    else:
-        train_loader = DeviceLoader(splits.train, batch_size=tc.batch_size, train=True, seed=tc.seed,
-                                    augment=build_augment(cfg.data.augment, mean=mean), sample_weights=weights, **loader_args)  # fmt: skip
-        val_loader = (
-            DeviceLoader(splits.val, batch_size=tc.eval_batch_size, train=False, **loader_args) if len(splits.val) else None
-        )
-
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    raw_model = model
-    optimizer = build_optimizer(raw_model, cfg.optim, backbone_lr_scale=backbone_lr_scale)
-    ema = EMA(raw_model, tc.ema) if tc.ema else None
-    if runtime.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)
-    if tc.compile:
-        model = torch.compile(model)
-    loss_fn = nn.CrossEntropyLoss(
-        weight=_class_weights(splits).to(runtime.device) if tc.class_weights else None, label_smoothing=tc.label_smoothing
-    )
-    steps_per_epoch = len(train_loader)
-    total_steps = tc.epochs * steps_per_epoch
-    warmup = round(cfg.schedule.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        return cfg.optim.lr * lr_factor(step, total_steps, cfg.schedule, warmup)
-
-    history = History()
-    epoch, epoch_state, bad_epochs = 0, EpochState(), 0
+    trainer = Trainer(model, splits, cfg, runtime, run_dir=run_dir, on_epoch_end=on_epoch_end, lr_scales=lr_scales,
+                      loaders=loaders, verbose=verbose)  # fmt: skip
     if resume is not None:
-        raw_model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if ema is not None and resume.get("ema"):
-            ema.load_state_dict(resume["ema"])
-        epoch = int(resume["epoch"])
-        epoch_state = EpochState(**resume["epoch_state"])
-        h = resume["history"]
-        history = History(**{k: v for k, v in h.items() if k in History.__dataclass_fields__})
-        history.stopped = None
-        bad_epochs = int(resume.get("bad_epochs", 0))
-        ckpt.set_rng_state(resume["rng"])
-    ts = TrainStep(optimizer, loss_fn, lr_at, runtime, grad_clip=tc.grad_clip, ema=ema, ema_target=raw_model,
-                   step=epoch * steps_per_epoch + epoch_state.batch)  # fmt: skip
-
-    writer = None
-    if run_dir is not None and runtime.is_main:
-        from cnnlab.train.writer import RunWriter
-
-        writer = RunWriter(run_dir, cfg, start_epoch=epoch)
-    meta = {"config": to_dict(cfg), "model_args": dict(getattr(raw_model, "model_args", {}) or {}),
-            "data": data_meta(splits), "version": __version__}  # fmt: skip
-    curves_title = f"{cfg.model.name} on {cfg.data.source}" + (
-        f" (training loss includes label smoothing {tc.label_smoothing:g})" if tc.label_smoothing else "")
-    eval_model = (lambda: ema.module) if ema is not None else (lambda: model)
-
-    def save_last(state: EpochState, next_epoch: int) -> None:
-        if writer is None:
-            return
-        ckpt.save_checkpoint(writer.dir / "last.pt", {
-            **meta, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "epoch": next_epoch,
-            "epoch_state": state.as_dict(), "history": history.as_dict(), "bad_epochs": bad_epochs,
-            "rng": ckpt.rng_state(), "loader": train_loader.state_dict(), "step": ts.step,
-        })  # fmt: skip
-
-    last_save = time.monotonic()
-    interval = tc.checkpoint_minutes * 60
-
-    def on_step(state: EpochState) -> None:
-        nonlocal last_save
-        if interval > 0 and time.monotonic() - last_save >= interval:
-            save_last(state, epoch)
-            last_save = time.monotonic()
-
-    with _StopFlag() as stop, deterministic(tc.deterministic):
-        ts.stop = lambda: stop.requested
-        while epoch < tc.epochs:
-            train_loader.set_epoch(epoch)
-            progress = EpochProgress(epoch, tc.epochs, steps_per_epoch, enabled=verbose and runtime.is_main, start=epoch_state.batch)
-            try:
-                finished = train_one_epoch(model, train_loader, ts, epoch_state, on_step=on_step, progress=progress)
-            except NonFiniteLoss as exc:
-                last = f"; the last good checkpoint is {writer.dir / 'last.pt'}" if writer else ""
-                raise CnnlabError(
-                    f"the training loss became NaN/inf in epoch {epoch + 1}, step {exc.step} (lr {exc.lr:.3g}): "
-                    f"the learning rate is probably too high; run `cnnlab lr-find` or lower --lr{last}"
-                ) from None
-            except torch.cuda.OutOfMemoryError:
-                raise CnnlabError(
-                    f"out of GPU memory with --batch-size {tc.batch_size} on {runtime.device}; "
-                    f"try --batch-size {max(tc.batch_size // 2, 1)} (and --lr halved), or a smaller model"
-                ) from None
-            finally:
-                progress.close()
-            if broadcast_flag(not finished, runtime):
-                save_last(epoch_state, epoch)
-                barrier(runtime)
-                history.stopped = "interrupted"
-                log.warning("stopped in epoch %d; resume with: cnnlab train --resume %s", epoch + 1, run_dir or "RUNDIR")
-                break
-            loss_sum, correct, count, seconds = all_reduce_sum(
-                [epoch_state.loss_sum, epoch_state.correct, epoch_state.count, epoch_state.seconds], runtime
-            )
-            seconds /= runtime.world_size
-            record: dict[str, Any] = {
-                "epoch": epoch, "epochs": tc.epochs, "train_loss": loss_sum / count, "train_acc": correct / count,
-                "lr": lr_at(ts.step - 1), "time": seconds, "images_per_s": count / max(seconds, 1e-9),
-                "val_loss": None, "val_acc": None,
-            }  # fmt: skip
-            if val_loader is not None:
-                result = evaluate(eval_model(), val_loader, runtime)
-                record.update(val_loss=result.loss, val_acc=result.acc, val_top5=result.top5)
-            history.records.append(record)
-            history.train_seconds += seconds
-            improved = _update_best(history, record)
-            if record["val_loss"] is not None:  # early stopping watches the validation loss
-                if history.best_val_loss is None or record["val_loss"] < history.best_val_loss:
-                    history.best_val_loss, bad_epochs = record["val_loss"], 0
-                else:
-                    bad_epochs += 1
-            if verbose and runtime.is_main:
-                print(epoch_line(record), flush=True)
-            epoch += 1
-            epoch_state = EpochState()
-            if writer is not None and improved:
-                ckpt.save_checkpoint(writer.dir / "best.pt", {
-                    **meta, "model": (ema.module if ema is not None else raw_model).state_dict(),
-                    "epoch": epoch - 1, "metrics": record,
-                })  # fmt: skip
-            stop_now = False
-            if tc.early_stopping and bad_epochs >= tc.early_stopping:
-                history.stopped = "early-stopping"
-                stop_now = True
-                log.info("early stopping: validation loss has not improved for %d epochs", bad_epochs)
-            if on_epoch_end is not None and on_epoch_end(record):
-                history.stopped = history.stopped or "callback"
-                stop_now = True
-            # The checkpoint first, then the files that describe it: metrics never get ahead of it.
-            save_last(epoch_state, epoch)
-            last_save = time.monotonic()
-            if writer is not None:
-                writer.write_epoch(history.records, title=curves_title)
-            barrier(runtime)
-            if stop_now:
-                break
-    if writer is not None:
-        writer.close()
-    if ema is not None:
-        raw_model.load_state_dict(ema.module.state_dict())
-    return history
-
-
-def _update_best(history: History, record: dict[str, Any]) -> bool:
-    """Record the epoch if it has the best validation accuracy so far (ties: lower loss)."""
-    if record["val_acc"] is None:
-        history.best_epoch = record["epoch"]
-        return True
-    key = (record["val_acc"], -record["val_loss"])
-    if history.best_val_acc is None or key > (history.best_val_acc, -_best_loss(history)):
-        history.best_epoch = record["epoch"]
-        history.best_val_acc = record["val_acc"]
-        return True
-    return False
-
-
-def _best_loss(history: History) -> float:
-    return next(r["val_loss"] for r in history.records if r["epoch"] == history.best_epoch)
+        trainer.restore(resume)
+    return trainer.run()

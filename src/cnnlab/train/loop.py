@@ -11,24 +11,38 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.data.loader import DeviceLoader
 from cnnlab.train.optim import set_lr
 from cnnlab.train.runtime import Runtime, all_reduce_sum
 
 
 class NonFiniteLoss(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (``fit`` turns it into :class:`TrainingDiverged`)."""
 
     def __init__(self, step: int, lr: float) -> None:
         super().__init__(f"non-finite loss at step {step}")
         self.step, self.lr = step, lr
+
+
+class BatchSource(Protocol):
+    """What the engine trains and validates on: a DeviceLoader, cached features, ...
+
+    An epoch's batches are a pure function of ``(state, epoch, batch index)``, so an epoch
+    can be continued from any batch (exact resume).
+    """
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, int]: ...
 
 
 @dataclass
@@ -47,11 +61,16 @@ class EpochState:
 
 @dataclass
 class TrainStep:
-    """Everything a training step needs besides the batch."""
+    """The one training step: everything it needs besides the batch, and the step itself.
+
+    Everything in cnnlab that updates weights (``fit``, lr-find, the overfit check, the
+    lab's timing probe) calls it, so autocast, gradient clipping, the schedule and the
+    EMA behave the same everywhere.
+    """
 
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
-    lr_at: Callable[[int], float]  # step -> learning rate
+    lr_at: Callable[[int], float]  # step -> learning rate (peak lr x schedule)
     runtime: Runtime
     grad_clip: float | None = None
     ema: object | None = None  # cnnlab.train.ema.EMA
@@ -60,10 +79,31 @@ class TrainStep:
     step: int = 0  # global optimisation step (drives the schedule)
     stop: Callable[[], bool] = field(default=lambda: False)  # polled after every step
 
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on the batch ``(x, y)`` at the schedule's learning rate.
+
+        Returns:
+            ``(loss, logits)`` of the batch before the update, detached and still on the
+            device: nothing here waits for the device (the caller decides when to sync).
+        """
+        set_lr(self.optimizer, self.lr_at(self.step))
+        with self.runtime.autocast():
+            logits = model(x)
+            loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.ema_target)
+        self.step += 1
+        return loss.detach(), logits.detach()
+
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DeviceLoader,
+    loader: BatchSource,
     ts: TrainStep,
     state: EpochState,
     *,
@@ -88,39 +128,29 @@ def train_one_epoch(
     tic = time.perf_counter()
     base_seconds = state.seconds
     images_at_start = count
+    # A CPU step is slow enough that syncing after each costs nothing; on an accelerator a
+    # .item() per step would stall the queue, so sums stay on the device for sync_every steps.
+    sync_each_step = device.type == "cpu"
 
     def sync() -> None:
-        nonlocal since_sync
         state.loss_sum, state.correct = loss_sum.item(), correct.item()
         if not math.isfinite(state.loss_sum):
             raise NonFiniteLoss(ts.step, ts.optimizer.param_groups[0]["lr"])
         state.count = count
         state.seconds = base_seconds + time.perf_counter() - tic
-        since_sync = 0
 
     for x, y in loader.iter_from(state.batch):
-        lr = ts.lr_at(ts.step)
-        set_lr(ts.optimizer, lr)
-        with ts.runtime.autocast():
-            logits = model(x)
-            loss = ts.loss_fn(logits.float(), y)
-        ts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if ts.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
-        ts.optimizer.step()
-        if ts.ema is not None:
-            ts.ema.update(ts.ema_target)
+        loss, logits = ts(model, x, y)
         n = y.shape[0]
-        loss_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss_sum += loss.double() * n
+        correct += (logits.argmax(1) == y).sum()
         count += n
-        ts.step += 1
         state.batch += 1
         since_sync += 1
         stop = ts.stop()
-        if since_sync >= ts.sync_every or state.batch == len(loader) or stop or ts.runtime.device.type == "cpu":
+        if since_sync >= ts.sync_every or state.batch == len(loader) or stop or sync_each_step:
             sync()
+            since_sync = 0
             if progress is not None:
                 elapsed = max(state.seconds - base_seconds, 1e-9)
                 progress.update(state.batch, state.loss_sum / state.count, state.correct / state.count, (count - images_at_start) / elapsed)
@@ -146,7 +176,7 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DeviceLoader, runtime: Runtime, *, tta: bool = False, keep_outputs: bool = False
+    model: nn.Module, loader: BatchSource, runtime: Runtime, *, tta: bool = False, keep_outputs: bool = False
 ) -> EvalResult:
     """Mean cross-entropy, top-1 and top-5 accuracy of ``model`` on ``loader``.
 

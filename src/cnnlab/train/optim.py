@@ -7,7 +7,7 @@ dimensions (conv and linear weights) only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -32,25 +32,29 @@ def param_groups(
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, *, backbone_lr_scale: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, lr_scales: Mapping[str, float] | None = None
+) -> torch.optim.Optimizer:
     """Build the optimizer for ``model``.
 
     Args:
-        model: the model; with ``backbone_lr_scale`` it must offer ``parameter_groups()``.
+        model: the model; with ``lr_scales`` it must offer ``parameter_groups()``
+            (name -> parameters, every parameter in one group).
         cfg: optimizer settings; ``cfg.lr`` is the peak learning rate.
-        backbone_lr_scale: discriminative learning rates for fine-tuning: the backbone
-            gets ``lr * backbone_lr_scale``, the head ``lr``.
+        lr_scales: learning-rate multipliers by parameter group name, e.g.
+            ``{"backbone": 0.1}`` for discriminative fine-tuning (a group not named gets 1).
 
-    Each group carries ``lr_scale``; the training loop sets ``lr = peak * schedule * lr_scale``.
+    Each group carries ``lr_scale`` and a ``tag`` (``decay``/``no_decay``, prefixed with
+    the group name under ``lr_scales``); the training step sets ``lr = peak * schedule * lr_scale``.
     """
-    if backbone_lr_scale is None:
+    if lr_scales is None:
         groups = param_groups(model.named_parameters(), cfg.weight_decay)
     else:
-        parts = model.parameter_groups()
-        head_ids = {id(p) for p in parts["head"]}
-        named = list(model.named_parameters())
-        groups = param_groups([(n, p) for n, p in named if id(p) not in head_ids], cfg.weight_decay, backbone_lr_scale, "backbone_")
-        groups += param_groups([(n, p) for n, p in named if id(p) in head_ids], cfg.weight_decay, 1.0, "head_")
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = []
+        for group, params in model.parameter_groups().items():
+            named = [(names[id(p)], p) for p in params]
+            groups += param_groups(named, cfg.weight_decay, lr_scales.get(group, 1.0), f"{group}_")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas[:2]))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)

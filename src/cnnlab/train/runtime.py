@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
@@ -29,6 +30,11 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    @classmethod
+    def local(cls, device: torch.device | str = "cpu", *, channels_last: bool = False) -> Runtime:
+        """One process on ``device`` in full precision (inspection, feature extraction, probes)."""
+        return cls(torch.device(device), None, channels_last)
 
     @property
     def is_main(self) -> bool:
@@ -74,6 +80,32 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Runtime(device, amp, channels_last, rank, world_size, local_rank)
+
+
+def prepare(model: nn.Module, runtime: Runtime, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """Put ``model`` where ``runtime`` says it runs: the one place for device, memory format, DDP and compile.
+
+    The model itself is moved in place (build the optimizer and EMA from it); what comes
+    back is what the forward pass goes through: the model, or a DistributedDataParallel
+    and/or ``torch.compile`` wrapper around it.
+
+    Args:
+        model: the model, on any device.
+        runtime: where and how it runs.
+        channels_last: apply the runtime's memory format (False keeps a caller's layout).
+        compile: wrap the result in ``torch.compile``.
+    """
+    model.to(runtime.device)
+    if channels_last and runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    wrapped = model
+    if runtime.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)
+    if compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
 
 
 def all_reduce_sum(values: list[float], runtime: Runtime) -> list[float]:

@@ -19,9 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab.data.loader import derive_seed
-from cnnlab.data.sources import ImageSet, Splits
+from cnnlab.data.augment import build_augment
+from cnnlab.data.imageset import ImageSet, Splits
+from cnnlab.data.loader import DeviceLoader, derive_seed
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_bytes, cache_dir
+from cnnlab.train.loaders import build_loader
+from cnnlab.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when what is stored changes
@@ -45,10 +49,7 @@ def extract(
         augment: optional ``(x, generator) -> x`` on [0, 1] batches (an augmented view);
             each batch's randomness is seeded by ``(seed, batch index)``.
     """
-    from cnnlab.data.loader import DeviceLoader
-
-    loader = DeviceLoader(images, batch_size=batch_size, mean=mean, std=std, train=False, device=device,
-                          channels_last=channels_last)  # fmt: skip
+    loader = build_loader(images, (mean, std), Runtime.local(device, channels_last=channels_last), batch_size=batch_size)
     batches = loader if augment is None else loader.iter_augmented(augment, seed=seed)
     was = model.training
     model.eval()
@@ -66,9 +67,6 @@ def cached_features(
     Returns:
         ``(features (N, F) float32 on the CPU, hit)``; ``hit`` is True when they came from the cache.
     """
-    from cnnlab.data.augment import build_augment
-    from cnnlab.io import atomic_write_bytes, cache_dir
-
     identity = identity if identity is not None else model.cache_identity()
     path = cache_dir("features") / f"{feature_key(identity, splits.fingerprint, split, view, augment, seed)}.npy"
     if cache and path.is_file():

@@ -22,10 +22,10 @@ import torch
 from cnnlab.config import RunConfig
 from cnnlab.data.sources import Splits
 from cnnlab.errors import CnnlabError
+from cnnlab.models.transfer import TransferModel
 from cnnlab.train.fit import History, fit
 from cnnlab.train.runtime import Runtime, resolve_runtime
 from cnnlab.transfer.features import FeatureLoader, cached_features
-from cnnlab.transfer.model import TransferModel
 
 log = logging.getLogger(__name__)
 
@@ -111,4 +111,4 @@ def fit_transfer(
             loaders=feature_loaders(model, splits, cfg, runtime), verbose=verbose)  # fmt: skip
     model.unfreeze_backbone(t.norm)
     return fit(model, splits, cfg, runtime=runtime, run_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end,
-               backbone_lr_scale=t.backbone_lr_ratio, verbose=verbose)  # fmt: skip
+               lr_scales={"backbone": t.backbone_lr_ratio}, verbose=verbose)  # fmt: skip

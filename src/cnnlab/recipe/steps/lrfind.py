@@ -1,0 +1,39 @@
+"""Step 3: the learning-rate range test (:mod:`cnnlab.recipe.lrfind`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cnnlab.recipe.html import esc, h2, img
+from cnnlab.recipe.lrfind import LRFindResult, lr_find
+from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
+
+FOLDER = "lr_find"
+
+
+class LrFindStep(OnceStep):
+    """Sweep the learning rate up over a few hundred steps; its suggestion centres the search."""
+
+    name = "lr_find"
+    title = "3. Learning-rate finder"
+
+    def run(self, ctx: RecipeContext, key: str) -> LRFindResult:
+        result = lr_find(ctx.cfg, splits=ctx.splits(), out_dir=ctx.out / FOLDER)
+        ctx.say(f"lr-find: suggested lr {result.suggestion:.3g} ({result.rule})")
+        return result
+
+    def to_dict(self, result: LRFindResult) -> dict[str, Any]:
+        return result.as_dict()
+
+    def from_dict(self, data: Mapping[str, Any]) -> LRFindResult:
+        return LRFindResult(**{f.name: data[f.name] for f in dataclasses.fields(LRFindResult) if f.name in data})
+
+    def evidence(self, result: LRFindResult) -> str:
+        return f"suggested lr {result.suggestion:.3g}: {result.rule}"
+
+    def report_section(self, results: Sequence[tuple[str, LRFindResult]], report: ReportContext) -> str:
+        _, lr = results[-1]
+        return (h2(self.title) + f"<p>Suggested learning rate <b>{lr.suggestion:.3g}</b>: {esc(lr.rule)}</p>"
+                + img(report.out / FOLDER / "lr_find.png"))  # fmt: skip

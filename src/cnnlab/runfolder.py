@@ -1,0 +1,194 @@
+"""The run folder: the one module that reads and writes what a training run leaves on disk.
+
+A run folder is the interface between training and everything that reads results
+(reports, the lab, the recipe, ``cnnlab diagnose``)::
+
+    config.yaml              the resolved configuration (feed it back with --config)
+    metrics.jsonl            one JSON record per epoch
+    curves.png               train/val loss and accuracy (drawn by the run writer)
+    events.*                 TensorBoard event files, when tensorboard is installed
+    last.pt                  the latest checkpoint (resumable)
+    best.pt                  the weights with the best validation accuracy
+    summary.json             the final result, test accuracy included; its presence means "finished"
+    predictions-<split>.npz  logits and labels of one split, when a caller saved them
+
+Every write replaces its file atomically (:mod:`cnnlab.io`), so a reader never sees a torn
+file, even while the run is still writing. Checkpoints themselves are written by
+:mod:`cnnlab.checkpoint`; this module only names their paths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.config import RunConfig, dump_yaml, from_dict, load_yaml
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path, atomic_write_json, atomic_write_text
+
+
+class RunFolder:
+    """Reads and writes the files of one run folder.
+
+    Args:
+        path: the folder; it need not exist yet (the first write creates it).
+    """
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    SUMMARY = "summary.json"
+    CURVES = "curves.png"
+    LAST = "last.pt"
+    BEST = "best.pt"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def curves_png(self) -> Path:
+        return self.path / self.CURVES
+
+    @property
+    def last_pt(self) -> Path:
+        return self.path / self.LAST
+
+    @property
+    def best_pt(self) -> Path:
+        return self.path / self.BEST
+
+    def predictions_path(self, split: str) -> Path:
+        """The file holding one split's saved logits and labels (``predictions-<split>.npz``)."""
+        if not split or not all(ch.isalnum() or ch in "-_" for ch in split):
+            raise ValueError(f"a split name is letters, digits, '-' or '_', got {split!r}")
+        return self.path / f"predictions-{split}.npz"
+
+    # ------------------------------------------------------------------ state
+
+    def exists(self) -> bool:
+        """Whether a run was started here (its config or a checkpoint is on disk)."""
+        return self.config_path.is_file() or self.last_pt.is_file()
+
+    def has_checkpoint(self) -> bool:
+        """Whether the run can resume from a checkpoint (``last.pt``)."""
+        return self.last_pt.is_file()
+
+    def is_finished(self) -> bool:
+        """Whether the run finished (it wrote ``summary.json``)."""
+        return self.summary_path.is_file()
+
+    # ------------------------------------------------------------------ config
+
+    def write_config(self, cfg: RunConfig) -> None:
+        """Write the resolved configuration as ``config.yaml``."""
+        atomic_write_text(self.config_path, dump_yaml(cfg))
+
+    def read_config(self) -> RunConfig:
+        """The run's configuration.
+
+        Raises:
+            CnnlabError: ``config.yaml`` is missing, not YAML, or not a valid run config
+                (the message names the file).
+        """
+        data = load_yaml(self.config_path)  # names the file when missing or malformed
+        try:
+            return from_dict(RunConfig, data)
+        except CnnlabError as exc:
+            raise CnnlabError(f"{self.config_path} is not a valid run config: {exc}") from None
+
+    # ------------------------------------------------------------------ metrics
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` with ``records`` (the whole history, one line per epoch)."""
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The epoch records, oldest first; ``[]`` when the run has none yet.
+
+        Raises:
+            CnnlabError: ``metrics.jsonl`` exists but is not JSON lines.
+        """
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CnnlabError(f"cannot read {self.metrics_path}: {exc.strerror or exc}") from None
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise CnnlabError(f"{self.metrics_path} is not JSON lines ({exc}); was it written by cnnlab?") from None
+
+    # ------------------------------------------------------------------ summary
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write the final result as ``summary.json``; from now on the run counts as finished."""
+        atomic_write_json(self.summary_path, summary)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """The final result, or ``None`` while the run has not finished.
+
+        Raises:
+            CnnlabError: ``summary.json`` exists but is not a JSON object.
+        """
+        try:
+            text = self.summary_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CnnlabError(f"cannot read {self.summary_path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CnnlabError(f"{self.summary_path} is not JSON ({exc}); was it written by cnnlab?") from None
+        if not isinstance(data, dict):
+            raise CnnlabError(f"{self.summary_path} must hold a JSON object")
+        return data
+
+    # ------------------------------------------------------------------ predictions
+
+    def write_predictions(self, split: str, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Save one split's logits ``(N, classes)`` and labels ``(N,)`` as ``predictions-<split>.npz``."""
+        logits, labels = np.asarray(logits), np.asarray(labels)
+        if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels):
+            raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and {labels.shape}")
+        with atomic_path(self.predictions_path(split)) as tmp, open(tmp, "wb") as fh:
+            # A file object, because np.savez would append ".npz" to the temporary name.
+            np.savez(fh, logits=logits, labels=labels)
+
+    def read_predictions(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """One split's saved ``(logits, labels)``, or ``None`` when they were not saved.
+
+        Raises:
+            CnnlabError: the file exists but is not a predictions file.
+        """
+        path = self.predictions_path(split)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return npz["logits"], npz["labels"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise CnnlabError(f"{path} is not a cnnlab predictions file ({exc}); delete it to write it again") from None
