@@ -68,11 +68,11 @@ def test_yaml_round_trip_is_exact(tmp_path: Path) -> None:
     ({"data": {"normalize": "unit8"}}, "did you mean 'unit'"),
     ({"train": {"amp": "fp16"}}, "train.amp must be one of auto, bf16, off"),
     ({"transfer": {"mode": "fine"}}, "did you mean 'finetune'"),
-    ({"data": {"val_split": 1.0}}, "data.val_split must be in [0, 1)"),
+    ({"data": {"val_split": 1.0}}, "data.val_split must be a number in [0, 1), got 1.0"),
     ({"data": {"val_split": 0.5, "test_split": 0.5}}, "must leave some training data"),
-    ({"optim": {"lr": 0}}, "optim.lr must be positive"),
-    ({"train": {"ema": 1.0}}, "train.ema must be in (0, 1)"),
-    ({"transfer": {"backbone_lr_ratio": 2}}, "transfer.backbone_lr_ratio must be in [0, 1]"),
+    ({"optim": {"lr": 0}}, "optim.lr must be a finite number > 0, got 0"),
+    ({"train": {"ema": 1.0}}, "train.ema must be a number in (0, 1), got 1.0"),
+    ({"transfer": {"backbone_lr_ratio": 2}}, "transfer.backbone_lr_ratio must be a number in [0, 1], got 2.0"),
 ])  # fmt: skip
 def test_bad_values_are_one_clear_error(data: dict, message: str) -> None:
     with pytest.raises(CnnlabError) as info:

@@ -73,7 +73,7 @@ def test_checkpoint_presence(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "text", "read", "message"), [
     ("config.yaml", "data: [unclosed", "read_config", "not valid YAML"),
-    ("config.yaml", "optim: {lr: -1}", "read_config", "optim.lr must be positive"),
+    ("config.yaml", "optim: {lr: -1}", "read_config", "optim.lr must be"),
     ("config.yaml", "modle: {}", "read_config", "Did you mean 'model'"),
     ("metrics.jsonl", '{"epoch": 0}\nnot json\n', "read_metrics", "not JSON lines"),
     ("summary.json", "{", "read_summary", "not JSON"),

@@ -25,6 +25,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path
 
 FORMAT = 1
+LAST_NAME = "last.pt"  # the resumable checkpoint of a run folder (RunFolder.LAST)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -52,14 +53,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, resumable: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` without running code from it.
+
+    Args:
+        path: a checkpoint file, or a run folder (its best.pt, else last.pt).
+        map_location: where the tensors go.
+        resumable: the caller continues training from it (``--resume``): it must be a
+            ``last.pt``, with optimizer, counters and RNG states, not weights only.
 
     Raises:
         CnnlabError: missing, truncated, corrupt or tampered file (a file that tries to
-            load any Python object other than tensors and plain containers).
+            load any Python object other than tensors and plain containers), or a file
+            that loads but is not a cnnlab checkpoint (:func:`validate_checkpoint`).
     """
     path = resolve_checkpoint(path)
+    if not _looks_like_torch_file(path):
+        raise CnnlabError(
+            f"{path} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle); "
+            "use a run folder or its best.pt/last.pt"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -68,10 +83,102 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"refusing to load {path}: it contains objects other than tensors and plain data "
             f"({first[:160]}); it may have been tampered with, only load checkpoints you trust"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CnnlabError(f"checkpoint {path} is truncated or corrupt ({str(exc)[:160]}); use another one") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CnnlabError(f"{path} is not a cnnlab checkpoint (no model weights in it)")
+    # A file that is not a torch archive at all (text, an image) makes torch's legacy reader
+    # fail with whatever it trips over first: KeyError, IndexError, TypeError, ...
+    except (RuntimeError, EOFError, OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+        raise CnnlabError(
+            f"checkpoint {path} is truncated or corrupt, or another kind of file "
+            f"({type(exc).__name__}: {str(exc)[:120]}); use a run folder or its best.pt/last.pt"
+        ) from None
+    return validate_checkpoint(state, path, resumable=resumable)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file: a zip archive (the format since
+    torch 1.6) or a legacy pickle (protocol >= 2 starts with byte 0x80).
+
+    Without this, a JSON or text file reaches the unpickler and is reported as a possibly
+    tampered file, which sends the user looking for an attack instead of the wrong path.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CnnlabError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _schema_problem(state: Any, *, resumable: bool) -> str | None:
+    """What makes ``state`` not a cnnlab checkpoint (None when it is one)."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a checkpoint dict"
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not weights:
+        return "it has no model weights ('model')"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        return "its 'model' entry is not a state dict of named tensors"
+    args = state.get("model_args")
+    if not isinstance(args, dict) or not isinstance(args.get("name"), str) or not args["name"]:
+        return "it does not say which model it holds ('model_args' with a name)"
+    data = state.get("data")
+    if not isinstance(data, dict):
+        return "it does not describe its data ('data')"
+    classes, shape = data.get("classes"), data.get("image_shape")
+    if not isinstance(classes, list) or not classes:
+        return "its data has no class names ('data.classes')"
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+        return "its data has no image shape [C, H, W] ('data.image_shape')"
+    for key in ("mean", "std"):
+        values = data.get(key)
+        if not (isinstance(values, list) and len(values) == shape[0] and all(isinstance(v, (int, float)) for v in values)):
+            return f"its data has no per-channel '{key}' ('data.{key}')"
+    if "config" in state and state["config"] is not None and not isinstance(state["config"], dict):
+        return "its 'config' is not a mapping"
+    if not resumable:
+        return None
+    if not isinstance(state.get("config"), dict):
+        return "it has no run configuration ('config')"
+    optimizer = state.get("optimizer")
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list) and isinstance(optimizer.get("state"), dict)):
+        return "it has no optimizer state ('optimizer')"
+    for key, kind in (("epoch", int), ("step", int), ("epoch_state", dict), ("history", dict), ("rng", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"it has no '{key}' ({kind.__name__})"
+    if not all(k in state["rng"] for k in ("python", "numpy", "torch")):
+        return "its RNG states ('rng') are incomplete"
+    if not isinstance(data.get("fingerprint"), str):
+        return "its data has no fingerprint ('data.fingerprint')"
+    return None
+
+
+def validate_checkpoint(state: Any, path: str | Path, *, resumable: bool = False) -> dict[str, Any]:
+    """Check that a loaded file has a cnnlab checkpoint's structure; return it.
+
+    One schema for every reader, so a file that unpickles safely but holds something else
+    (a bare state dict, a list, another program's checkpoint) is named as such instead of
+    failing later with a ``KeyError`` deep inside.
+
+    Args:
+        state: what ``torch.load`` returned.
+        path: the file, for the message.
+        resumable: also require what training needs to continue (a ``last.pt``).
+
+    Raises:
+        CnnlabError: naming what is missing and what to use instead.
+    """
+    path = Path(path)
+    problem = _schema_problem(state, resumable=False)
+    if problem is not None:
+        raise CnnlabError(f"{path} is not a cnnlab checkpoint: {problem}; use a run folder or a best.pt/last.pt written by `cnnlab train`")
+    if resumable:
+        if "optimizer" not in state:  # the weights of a best.pt (or an export-ready copy)
+            raise CnnlabError(
+                f"{path} holds weights only, not a training state; resume from the run folder "
+                f"({path.parent}) or its {LAST_NAME}"
+            )
+        problem = _schema_problem(state, resumable=True)
+        if problem is not None:
+            raise CnnlabError(f"{path} cannot be resumed: {problem}; resume from a run folder's {LAST_NAME} written by `cnnlab train`")
     return state
 
 

@@ -30,13 +30,32 @@ def cache_dir(*parts: str) -> Path:
 
     The cache root is ``$CNNLAB_CACHE`` when set, else ``$XDG_CACHE_HOME/cnnlab``,
     else ``~/.cache/cnnlab``. Everything in it can be deleted at any time.
+
+    Raises:
+        CnnlabError: the folder cannot be created or written; the message names the
+            environment variable that chose it.
     """
     root = os.environ.get("CNNLAB_CACHE")
+    chosen_by = "CNNLAB_CACHE"
     if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(xdg, "cnnlab")
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        chosen_by = "XDG_CACHE_HOME" if xdg else "the home folder"
+        root = os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "cnnlab")
     path = Path(root, *parts)
-    path.mkdir(parents=True, exist_ok=True)
+    # A cache that cannot be written fails much later, deep in a decode or a download; say so
+    # here, naming what chose the place. (os.access also sees read-only mounts, even as root.)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+    except (FileExistsError, NotADirectoryError):
+        problem = "a file is in the way"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem is not None:
+        raise CnnlabError(
+            f"cannot use the cache folder {path} (set by {chosen_by}): {problem}; "
+            f"set CNNLAB_CACHE to a writable folder"
+        )
     return path
 
 

@@ -10,9 +10,12 @@ the one that fits, evaluates the best weights on the test split once and leaves
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,15 +25,16 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.checkpoint import load_checkpoint
-from cnnlab.config import RunConfig, from_dict
+from cnnlab.config import RunConfig, from_dict, merge, to_dict
 from cnnlab.data.sources import Splits, load_splits
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, TrainingDiverged, UsageError
+from cnnlab.io import folder_lock
 from cnnlab.models import create_model
 from cnnlab.models.backbones import is_backbone_name
 from cnnlab.models.init import init_classifier_bias
 from cnnlab.models.transfer import build_transfer_model
 from cnnlab.runfolder import RunFolder
-from cnnlab.train.fit import History, fit, seed_everything
+from cnnlab.train.fit import History, fit, model_label, seed_everything
 from cnnlab.train.loaders import eval_loader
 from cnnlab.train.loop import EvalResult, evaluate
 from cnnlab.train.runtime import Runtime, resolve_runtime
@@ -44,7 +48,8 @@ TEST = "test"  # the split whose predictions finish_run saves
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     """``runs/<model>-<data>-<YYYYmmdd-HHMMSS>``."""
     data = Path(cfg.data.source.split(":")[0]).name or "data"
-    return Path(root) / f"{cfg.model.name}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
+    model = "transfer" if cfg.transfer.backbone else cfg.model.name  # a --backbone run does not train cfg.model.name
+    return Path(root) / f"{model.replace(':', '-')}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def load_data(cfg: RunConfig) -> Splits:
@@ -82,20 +87,171 @@ def build_model(cfg: RunConfig, splits: Splits) -> torch.nn.Module:
     return model
 
 
-def _resume_state(resume: str | Path) -> tuple[RunConfig, Path, dict[str, Any] | None]:
-    """The config, run folder and checkpoint (None before the first one) of a run to continue."""
+# Settings that `--resume` may change: where the run computes and how often it saves do not
+# change what it computes. Everything else (the data, the model, the learning rate, the
+# number of epochs, which the schedule spans) would make the resumed run a different one.
+RESUME_CHANGEABLE = ("train.device", "train.checkpoint_minutes")
+
+# How many skipped data files a run names in its log (the full list goes to skipped.txt).
+SKIPPED_SHOWN = 3
+
+
+def resume_folder(resume: str | Path) -> RunFolder:
+    """The run folder that ``--resume RUN`` (a folder or a checkpoint file in it) names.
+
+    Raises:
+        UsageError: the path is empty or does not exist.
+    """
+    if not str(resume).strip():
+        raise UsageError("--resume needs a run folder, got an empty path")
     resume = Path(resume)
+    if not resume.exists():
+        raise UsageError(f"--resume {resume}: no such run folder or checkpoint")
+    return RunFolder(resume if resume.is_dir() else resume.parent)
+
+
+def _resume_state(resume: str | Path) -> tuple[RunConfig, Path, dict[str, Any] | None]:
+    """The config, run folder and checkpoint (None before the first one) of a run to continue.
+
+    Raises:
+        UsageError: a finished run, a folder that is not a run, a run whose ``last.pt`` was
+            deleted after it had results, or a checkpoint that cannot be resumed.
+    """
+    resume = Path(resume)
+    folder = resume_folder(resume)
     last = resume / RunFolder.LAST if resume.is_dir() else resume
-    folder = RunFolder(last.parent)
     if folder.is_finished():
-        raise CnnlabError(f"the run in {folder.path} already finished; start a new one with another --out")
+        raise UsageError(f"the run in {folder.path} already finished; start a new one with another --out")
     if last.is_file():
-        state = load_checkpoint(last)
+        try:
+            state = load_checkpoint(last, resumable=True)
+        except CnnlabError as exc:  # the wrong file given: refused before any work
+            raise UsageError(str(exc)) from None
         return from_dict(RunConfig, state["config"]), folder.path, state
-    if folder.config_path.is_file():  # stopped before its first checkpoint: start it again
+    if resume.is_file():  # a checkpoint given by name that is not resumable
+        raise UsageError(f"{resume} cannot be resumed; resume from the run folder {folder.path}")
+    if folder.config_path.is_file():
+        if folder.read_metrics():  # it had epochs, so it had a last.pt: restarting would overwrite its results
+            raise UsageError(
+                f"{folder.path} has results but no {RunFolder.LAST} (was it deleted?), so it cannot continue; "
+                f"start a new run with `cnnlab train --config {folder.config_path} --out NEW_FOLDER`"
+            )
         log.info("%s has no checkpoint yet; starting the run again from its config.yaml", folder.path)
         return folder.read_config(), folder.path, None
-    raise CnnlabError(f"{resume} is not a run folder (no last.pt or config.yaml)")
+    raise UsageError(f"{resume} is not a run folder (no last.pt or config.yaml)")
+
+
+def resume_config(resume: str | Path) -> RunConfig:
+    """The configuration of the run that ``--resume`` would continue (reads, writes nothing).
+
+    Raises:
+        UsageError: as :func:`run_training` refuses the same ``resume``.
+    """
+    return _resume_state(resume)[0]
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.1, ...}``: the dotted paths of a nested dict's values."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def changed_settings(cfg: RunConfig, overrides: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings that ``overrides`` (nested, ``None`` = not given) would change in ``cfg``.
+
+    Both sides go through the same validation, so ``--lr 0.1`` against a stored ``0.1``, or
+    ``--act RELU`` against ``relu``, is no change.
+
+    Returns:
+        ``{"optim.lr": (old, new), ...}`` in config order.
+
+    Raises:
+        CnnlabError: the overrides are not a valid configuration.
+    """
+    old = to_dict(cfg)
+    new = to_dict(from_dict(RunConfig, merge(old, overrides)))
+    before, after = _leaves(old), _leaves(new)
+    return {key: (before.get(key), value) for key, value in after.items() if before.get(key) != value}
+
+
+def _apply_changes(cfg: RunConfig, changes: Mapping[str, Any] | None) -> RunConfig:
+    """``cfg`` with the few settings a resumed run may change (:data:`RESUME_CHANGEABLE`)."""
+    if not changes:
+        return cfg
+    refused = sorted(set(changes) - set(RESUME_CHANGEABLE))
+    if refused:
+        raise UsageError(f"a resumed run keeps its settings; only {', '.join(RESUME_CHANGEABLE)} may change, not {', '.join(refused)}")
+    train = {key.split(".", 1)[1]: value for key, value in changes.items()}
+    return from_dict(RunConfig, merge(to_dict(cfg), {"train": train}))
+
+
+def new_run_folder(cfg: RunConfig, run_dir: str | Path | None) -> RunFolder:
+    """The folder a new run writes, checked to be new or empty (nothing is created yet).
+
+    Raises:
+        UsageError: an empty path, or a folder :meth:`RunFolder.check_new` refuses.
+    """
+    if run_dir is not None and not str(run_dir).strip():
+        raise UsageError("--out is empty; name a new folder, or leave --out out for runs/<model>-<data>-<time>")
+    folder = RunFolder(run_dir if run_dir is not None else default_run_dir(cfg))
+    folder.check_new()
+    return folder
+
+
+def check_classes(splits: Splits) -> None:
+    """Refuse data a classifier cannot be trained or judged on: fewer than 2 classes.
+
+    One class gives a model that is always right (100% accuracy, nothing learned), which
+    would be reported as a result.
+
+    Raises:
+        UsageError: fewer than 2 classes in the data, or in its training split.
+    """
+    n = len(splits.classes)
+    if n < 2:
+        names = ", ".join(map(str, splits.classes)) or "none"
+        raise UsageError(f"{splits.name} has {n} class(es) ({names}); a classifier needs at least 2: "
+                         "widen --class-subset or check the data source")  # fmt: skip
+    present = int(np.unique(splits.train.labels).size) if len(splits.train) else 0
+    if present < 2:
+        raise UsageError(f"the training split of {splits.name} holds images of {present} class(es); "
+                         "a classifier needs at least 2: use a larger --train-subset or other data")  # fmt: skip
+
+
+def _report_skipped(folder: RunFolder, splits: Splits) -> None:
+    """Name the data files the run could not use, and keep the whole list in the run folder."""
+    skipped = splits.skipped
+    if not skipped:
+        return
+    folder.write_skipped(skipped)
+    shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:SKIPPED_SHOWN])
+    more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    log.warning("skipped %d file(s) of %s that could not be used: %s%s; the full list is in %s",
+                len(skipped), splits.name, shown, more, folder.skipped_path)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _filesystem_errors(folder: RunFolder) -> Iterator[None]:
+    """Turn an OSError while the run reads and writes files into one line that names the file."""
+    try:
+        yield
+    except BrokenPipeError:  # the CLI's reader left (`| head`): not a file problem
+        raise
+    except OSError as exc:
+        name = exc.filename or folder.path
+        where = f"the run folder {folder.path}" if str(name).startswith(str(folder.path)) else str(name)
+        raise CnnlabError(f"cannot write {where}: {name}: {exc.strerror or exc}; check that it is a writable folder "
+                          "with free space") from None  # fmt: skip
+
+
+def _is_main(runtime: Runtime | None) -> bool:
+    # Before the runtime exists (it needs the config, which a resumed run reads under the
+    # lock), torchrun's RANK says which process writes the folder.
+    return runtime.is_main if runtime is not None else int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def run_training(
@@ -103,6 +259,7 @@ def run_training(
     run_dir: str | Path | None = None,
     *,
     resume: str | Path | None = None,
+    changes: Mapping[str, Any] | None = None,
     runtime: Runtime | None = None,
     on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
     verbose: bool = True,
@@ -110,10 +267,16 @@ def run_training(
 ) -> dict[str, Any]:
     """Train, validate and test; write the run folder; return the summary.
 
+    The process holds the run folder's lock (:func:`cnnlab.io.folder_lock`) for the whole
+    run, so a second process cannot train into the same folder; taking it also removes the
+    temporaries a killed save left behind. A new run starts only in a new or empty folder.
+
     Args:
         cfg: the run configuration (ignored when resuming: the run's own is used).
-        run_dir: the run folder (default ``runs/<model>-<data>-<time>``).
+        run_dir: the run folder (default ``runs/<model>-<data>-<time>``); new or empty.
         resume: a run folder (or its last.pt) to continue exactly where it stopped.
+        changes: when resuming, ``{"train.device": ...}``: the settings of
+            :data:`RESUME_CHANGEABLE` to change; any other is refused.
         runtime: device/precision (default: from the config).
         on_epoch_end: see :func:`cnnlab.train.fit.fit`.
         verbose: print epoch lines and the test result.
@@ -124,29 +287,70 @@ def run_training(
         The contents of ``summary.json``.
 
     Raises:
-        CnnlabError: a finished or foreign run folder, data that changed since the run
-            started, or any error of the run itself.
+        UsageError: refused before any work: a run folder that is not new or empty, a
+            finished or foreign run to resume, a changed setting, data with < 2 classes.
+        CnnlabError: another process holds the run folder, data that changed since the
+            run started, or any error of the run itself (TrainingDiverged included).
         KeyboardInterrupt: the run was interrupted (after saving a checkpoint).
     """
-    state = None
+    main = _is_main(runtime)
     if resume is not None:
-        cfg, run_dir, state = _resume_state(resume)
+        folder = resume_folder(resume)
+        with _filesystem_errors(folder), folder_lock(folder.path, "run") if main else contextlib.nullcontext():
+            cfg, _, state = _resume_state(resume)
+            cfg = _apply_changes(cfg, changes)
+            runtime, splits, model = _prepare(cfg, runtime)
+            if state is not None and state["data"]["fingerprint"] != splits.fingerprint:
+                raise CnnlabError(f"the data of {cfg.data.source} changed since the run in {folder.path} started; "
+                                  "it cannot resume exactly")  # fmt: skip
+            if main:
+                _report_skipped(folder, splits)
+            return _train(cfg, folder, splits, model, state, runtime, on_epoch_end, verbose, evaluate_test)
     if cfg is None:
         raise ValueError("run_training needs a config or a run to resume")
-    folder = RunFolder(run_dir if run_dir is not None else default_run_dir(cfg))
-    if state is None and folder.has_checkpoint():
-        raise CnnlabError(f"{folder.path} already holds a run; continue it with --resume {folder.path} or choose another --out")
+    folder = new_run_folder(cfg, run_dir) if main else RunFolder(run_dir if run_dir is not None else default_run_dir(cfg))
+    # Data and model before the folder exists: wrong data, a wrong --backbone or a batch larger
+    # than the data leave nothing behind, so the corrected command can use the same --out.
+    runtime, splits, model = _prepare(cfg, runtime)
+    with _filesystem_errors(folder), folder_lock(folder.path, "run") if main else contextlib.nullcontext():
+        if main:
+            folder.check_new()  # again, under the lock: another process may have started a run here meanwhile
+            folder.write_config(cfg)  # from now on the folder can be resumed, even before a checkpoint
+            _report_skipped(folder, splits)
+        return _train(cfg, folder, splits, model, None, runtime, on_epoch_end, verbose, evaluate_test)
+
+
+def _prepare(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, Splits, torch.nn.Module]:
+    """The runtime, the data (refused when it cannot train a classifier) and the model of a run.
+
+    Raises:
+        UsageError: fewer than 2 classes, or fewer training images than one batch.
+    """
+    subset = cfg.data.class_subset
+    if subset is not None and len(subset) < 2:  # said before the data is even loaded
+        raise UsageError(f"--class-subset {','.join(map(str, subset)) or '(empty)'} keeps {len(subset)} class(es); "
+                         "a classifier needs at least 2")  # fmt: skip
     runtime = runtime or resolve_runtime(cfg.train)
-    if state is None and runtime.is_main:  # from now on the folder can be resumed, even before a checkpoint
-        folder.write_config(cfg)
     splits = load_data(cfg)
-    if state is not None and state["data"]["fingerprint"] != splits.fingerprint:
-        raise CnnlabError(f"the data of {cfg.data.source} changed since the run in {folder.path} started; it cannot resume exactly")
+    check_classes(splits)
+    per_process = -(-len(splits.train) // runtime.world_size)
+    if per_process < cfg.train.batch_size:  # the loader would refuse it too, but only once the run folder exists
+        raise UsageError(f"the training split has {per_process} image(s) per process, fewer than one batch of "
+                         f"{cfg.train.batch_size}; lower --batch-size")  # fmt: skip
     model = build_model(cfg, splits)
     if runtime.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         log.info("%s (%.2fM parameters) on %s: %d train / %d val / %d test images, device %s",
-                 cfg.model.name, n_params / 1e6, splits.name, len(splits.train), len(splits.val), len(splits.test), runtime.device)  # fmt: skip
+                 model_label(cfg, model), n_params / 1e6, splits.name, len(splits.train), len(splits.val), len(splits.test),
+                 runtime.device)  # fmt: skip
+    return runtime, splits, model
+
+
+def _train(
+    cfg: RunConfig, folder: RunFolder, splits: Splits, model: torch.nn.Module, state: dict[str, Any] | None,
+    runtime: Runtime, on_epoch_end: Callable[[dict[str, Any]], bool | None] | None, verbose: bool, evaluate_test: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit the model (from ``state`` when resuming) and finish the run (the folder is locked)."""
     start = time.perf_counter()
     fit_fn = fit_transfer if is_transfer_run(cfg) else fit
     history = fit_fn(model, splits, cfg, runtime=runtime, run_dir=folder.path, resume=state, on_epoch_end=on_epoch_end,
@@ -189,10 +393,13 @@ def finish_run(
     if loader is not None:
         model.to(runtime.device)
         test = evaluate(model, loader, runtime, tta=cfg.train.tta, keep_outputs=True)
+        if not math.isfinite(test.loss):  # the best weights blow up on new images: a divergence, not a result
+            record = next((r for r in history.records if r["epoch"] == history.best_epoch), history.records[-1] if history.records else {})
+            raise TrainingDiverged(int(record.get("epoch", 0)), int(record.get("step", 0)), float(record.get("lr", cfg.optim.lr)), split="test")
         logits, labels = _split_outputs(test, runtime, len(splits.classes))
     records = history.records
     summary = {
-        "model": cfg.model.name, "data": splits.name, "classes": len(splits.classes),
+        "model": model_label(cfg, model), "data": splits.name, "classes": len(splits.classes),
         "params": int(sum(p.numel() for p in model.parameters())),
         "epochs_run": len(records), "best_epoch": history.best_epoch, "best_val_acc": history.best_val_acc,
         "test_acc": test.acc if test else None, "test_loss": test.loss if test else None,

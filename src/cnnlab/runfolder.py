@@ -11,6 +11,12 @@ A run folder is the interface between training and everything that reads results
     best.pt                  the weights with the best validation accuracy
     summary.json             the final result, test accuracy included; its presence means "finished"
     predictions-<split>.npz  logits and labels of one split, when a caller saved them
+    skipped.txt              the data files the run could not use (path and reason), when there were any
+    .cnnlab.lock             held by the process writing the folder (cnnlab.io.folder_lock)
+
+A new run starts only in a new or empty folder (:meth:`RunFolder.check_new`): a run folder
+is never shared with a user's own files or with another run's, so nothing in it is ever
+overwritten by a second run.
 
 Every write replaces its file atomically (:mod:`cnnlab.io`), so a reader never sees a torn
 file, even while the run is still writing. Checkpoints themselves are written by
@@ -20,14 +26,15 @@ file, even while the run is still writing. Checkpoints themselves are written by
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnlab.config import RunConfig, dump_yaml, from_dict, load_yaml
-from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path, atomic_write_json, atomic_write_text
+from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.io import LOCK_NAME, atomic_path, atomic_write_json, atomic_write_text, json_dumps
 
 
 class RunFolder:
@@ -43,6 +50,7 @@ class RunFolder:
     CURVES = "curves.png"
     LAST = "last.pt"
     BEST = "best.pt"
+    SKIPPED = "skipped.txt"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -79,6 +87,10 @@ class RunFolder:
     def best_pt(self) -> Path:
         return self.path / self.BEST
 
+    @property
+    def skipped_path(self) -> Path:
+        return self.path / self.SKIPPED
+
     def predictions_path(self, split: str) -> Path:
         """The file holding one split's saved logits and labels (``predictions-<split>.npz``)."""
         if not split or not all(ch.isalnum() or ch in "-_" for ch in split):
@@ -98,6 +110,42 @@ class RunFolder:
     def is_finished(self) -> bool:
         """Whether the run finished (it wrote ``summary.json``)."""
         return self.summary_path.is_file()
+
+    def check_new(self) -> None:
+        """Refuse to start a new run here unless the folder is new or empty.
+
+        Only reads: nothing is created or written. A folder holding nothing but the lock
+        file (``.cnnlab.lock``, left by a run that failed before writing anything) counts
+        as empty. Anything else is refused, because a run writes ``config.yaml``,
+        ``metrics.jsonl``, ``best.pt``, ``summary.json`` ... over whatever has those names:
+        a finished run whose ``last.pt`` was deleted, a run still resumable, a user's files.
+
+        Raises:
+            UsageError: the path is a file, lies under a file or an unwritable folder, or
+                the folder holds a run or other files (the message says which and what to do).
+        """
+        path = self.path
+        try:
+            if path.exists() and not path.is_dir():
+                raise UsageError(f"--out {path} is a file, not a folder; a run needs a new or empty folder")
+            ancestor = next(a for a in (path, *path.absolute().parents) if a.exists())
+            if not ancestor.is_dir():
+                raise UsageError(f"cannot create the run folder {path}: {ancestor} is a file, not a folder; choose another --out")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise UsageError(f"cannot create the run folder {path}: {ancestor} is not writable; choose another --out")
+            entries = sorted(e.name for e in path.iterdir() if e.name != LOCK_NAME) if ancestor == path else []
+        except OSError as exc:
+            raise UsageError(f"cannot use {path} as a run folder: {exc.strerror or exc}; choose another --out") from None
+        if not entries:
+            return
+        if self.is_finished():
+            raise UsageError(f"{path} already holds a run, finished (summary.json); choose another --out for a new run")
+        if self.exists():
+            raise UsageError(f"{path} already holds a run that has not finished; continue it with "
+                             f"`cnnlab train --resume {path}`, or choose another --out")  # fmt: skip
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise UsageError(f"{path} is not empty (it holds {shown}); a new run needs a new or empty folder, "
+                         "so nothing in it is overwritten: choose another --out")  # fmt: skip
 
     # ------------------------------------------------------------------ config
 
@@ -122,7 +170,8 @@ class RunFolder:
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` with ``records`` (the whole history, one line per epoch)."""
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        # Strict JSON: a NaN/inf value (a diverged epoch) is written as null, which every reader accepts.
+        atomic_write_text(self.metrics_path, "".join(json_dumps(r) + "\n" for r in records))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The epoch records, oldest first; ``[]`` when the run has none yet.
@@ -137,9 +186,22 @@ class RunFolder:
         except OSError as exc:
             raise CnnlabError(f"cannot read {self.metrics_path}: {exc.strerror or exc}") from None
         try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
             raise CnnlabError(f"{self.metrics_path} is not JSON lines ({exc}); was it written by cnnlab?") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise CnnlabError(f"{self.metrics_path} must hold one JSON object per line; was it written by cnnlab?")
+        return records
+
+    # ------------------------------------------------------------------ skipped files
+
+    def write_skipped(self, skipped: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> None:
+        """Write the data files the run could not use, one ``path<TAB>reason`` line each."""
+        def text(value: object) -> str:
+            # One line per file whatever its name holds (newlines, undecodable bytes).
+            return " ".join(str(value).encode("utf-8", "backslashreplace").decode("utf-8").split("\n"))
+
+        atomic_write_text(self.skipped_path, "".join(f"{text(path)}\t{text(reason)}\n" for path, reason in skipped))
 
     # ------------------------------------------------------------------ summary
 

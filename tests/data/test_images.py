@@ -174,7 +174,7 @@ def test_csv_source(tmp_path: Path) -> None:
     assert splits.classes == ("cat", "dog") and len(splits.train) == 5 and len(splits.test) == 1
     assert [Path(p).name for p, _ in splits.skipped] == ["missing.png"]
     (tmp_path / "bad.csv").write_text("path,label\nimg/0.png\n")
-    with pytest.raises(CnnlabError, match="row 1"):
+    with pytest.raises(CnnlabError, match="line 2"):  # the line in the file, header counted
         load_splits(DataConfig(source=str(tmp_path / "bad.csv")))
 
 

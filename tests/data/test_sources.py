@@ -52,7 +52,7 @@ def test_synthetic_is_seeded_and_configurable() -> None:
     assert np.array_equal(a.train.images, b.train.images) and (a.train.class_counts() == 20).all()
     other = load_splits(DataConfig(source="synthetic:classes=5,size=16,channels=1,n=100,seed=4", val_split=0.0))
     assert not np.array_equal(a.train.images, other.train.images)
-    with pytest.raises(CnnlabError, match="unknown synthetic option"):
+    with pytest.raises(CnnlabError, match="data source 'synthetic' has no option 'colour'; valid: classes"):
         load_splits(DataConfig(source="synthetic:colour=3"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,9 @@ def test_write_report_into_the_run_folder(run_copy: Path) -> None:
 def test_other_split_goes_to_its_own_folder(run_copy: Path) -> None:
     rep = evaluate_checkpoint(run_copy / "last.pt", split="val", tta=True, device="cpu")
     assert rep.split == "val" and rep.tta and rep.metrics.n == 60
-    assert default_output_dir(rep) == run_copy / "eval-val"
+    # the folder names what differs from the default evaluation: the model file (the run
+    # folder stands for best.pt), the split and TTA
+    assert default_output_dir(rep) == run_copy / "eval-last-val-tta"
     np.testing.assert_allclose(rep.probs.sum(1), 1.0, atol=1e-5)
 
 
@@ -93,7 +96,8 @@ def test_other_data_as_an_image_folder(gray_run: Path, gray_test, write_pngs, re
     assert not rep.own_data and rep.metrics.n == len(labels)
     assert rep.metrics.accuracy == report.metrics.accuracy
     assert rep.metrics.confusion.tolist() == report.metrics.confusion.tolist()
-    assert default_output_dir(rep).name == "eval-folder-test"
+    # the folder's name and a digest of its path: another folder named "folder" gets another one
+    assert re.fullmatch(r"eval-folder-[0-9a-f]{6}-test", default_output_dir(rep).name)
 
 
 def test_mismatched_data_is_a_clear_error(gray_run: Path) -> None:

@@ -77,7 +77,8 @@ def test_export_cli_writes_next_to_the_checkpoint(run_copy: Path, capsys: pytest
     assert float(out.split("max |diff| vs PyTorch ")[1].split(")")[0]) < 1e-5
     # the export is a model file of its own: eval and predict accept it
     assert main(["eval", str(run_copy / "last.safetensors"), "--split", "val"]) == 0
-    assert (run_copy / "eval-val" / "eval.json").is_file()
+    # its results get a folder of their own: the run's eval.json is the default evaluation's (best.pt)
+    assert (run_copy / "eval-last.safetensors-val" / "eval.json").is_file()
 
 
 @pytest.mark.parametrize("command", ["eval", "predict", "export"])

@@ -95,7 +95,7 @@ def test_cli_list_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lab", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in EXPERIMENTS) and out.count("claim:") >= len(EXPERIMENTS)
-    assert main(["lab", "run", "nope", "--smoke"]) == 1
+    assert main(["lab", "run", "nope", "--smoke"]) == 2  # refused before any work
     assert "unknown experiment 'nope'" in capsys.readouterr().err
 
 

@@ -65,7 +65,7 @@ def test_unknown_model_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture
 
 
 def test_bad_input_shape(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", "resnet20", "--input", "32x32"]) == 1
+    assert main(["inspect", "resnet20", "--input", "32x32"]) == 2  # refused before any work
     assert "CxHxW" in capsys.readouterr().err
 
 

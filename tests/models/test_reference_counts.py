@@ -42,7 +42,7 @@ def test_cifar_width_scales_every_stage() -> None:
     assert 0.24 < half / full < 0.27
     assert n_params(create_model("plain56", width=8)) == half
     assert create_model("resnet20", width=8)(torch.randn(2, 3, 28, 28)).shape == (2, 10)
-    with pytest.raises(Exception, match="width must be a positive integer"):
+    with pytest.raises(Exception, match="width must be an integer >= 1"):
         create_model("resnet20", width=0)
 
 

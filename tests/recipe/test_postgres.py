@@ -87,3 +87,25 @@ def test_a_killed_worker_loses_only_its_running_trial(postgres_url, tmp_path) ->
     assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == N_TRIALS, "the lost slot was re-run"
     assert (tmp_path / "s" / "search.json").is_file()
+
+
+def _with_password(url: str, password: str) -> str:
+    """The server trusts local connections, so any password connects: enough to see where it is written."""
+    return url.replace("postgres@", f"postgres:{password}@", 1)
+
+
+@pytest.mark.slow
+def test_a_storage_password_is_written_nowhere(postgres_url, tmp_path, monkeypatch) -> None:
+    from cnnlab.recipe.search import load_search, run_search
+
+    secret = "s3cret-pw"
+    url = _with_password(postgres_url, secret)
+    cfg = load_run_config(None, BASE)
+    result = run_search(cfg, SearchSpace(lr=(0.01, 0.1), weight_decay=None), out_dir=tmp_path / "s", storage=url,
+                        study_name="masked", n_trials=1, epochs=1, pruner="none")  # fmt: skip
+    assert result.storage == url.replace(secret, "***")
+    leaks = [p for p in (tmp_path / "s").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaks, f"the password was written to {leaks}"
+    # Reading the search back with the real URL in the environment reaches the study again.
+    monkeypatch.setenv("CNNLAB_STORAGE", url)
+    assert [t.number for t in load_search(tmp_path / "s").trials] == [0]

@@ -154,8 +154,18 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path) -> None:
         load_checkpoint(path)
 
 
+def test_a_text_file_is_not_a_checkpoint_rather_than_a_tampered_one(tmp_path) -> None:
+    # A JSON or text file must not be reported as a possible attack: say it is another kind of file.
+    for name, data in (("a.json", b'{"model": 1}'), ("a.txt", b"abc"), ("empty.pt", b"")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CnnlabError, match="is not a PyTorch checkpoint") as info:
+            load_checkpoint(path)
+        assert "tampered" not in str(info.value)
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["train", "--data", DATA, "--model", "resnet21", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model 'resnet21'" in err[0]
-    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 1
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2  # refused before any work (UsageError)

@@ -100,5 +100,5 @@ def test_ctrl_c_saves_and_resumes_exactly(tmp_path, reference) -> None:
 
 def test_resuming_a_finished_run_is_refused(reference) -> None:
     proc = _cnnlab("train", "--resume", str(reference))
-    assert proc.wait(timeout=120) == 1
+    assert proc.wait(timeout=120) == 2  # refused before any work (UsageError)
     assert "already finished" in proc.stderr.read()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli.common import number
 from cnnlab.cli.train import add_run_args, run_overrides
 
 CHECK_EPILOG = """\
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )  # fmt: skip
     _add_common(check, "check.json")
-    check.add_argument("--batches", type=int, default=4, metavar="N", help="training batches the initial loss averages (default 4)")
+    check.add_argument("--batches", type=number(integer=True, lo=1, hi=1000), default=4, metavar="N", help="training batches the initial loss averages (default 4)")
     add_run_args(check)
     check.epilog = CHECK_EPILOG
     check.set_defaults(func=_check)
@@ -70,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )  # fmt: skip
     _add_common(overfit, "overfit.json and overfit.png")
-    overfit.add_argument("--batches", type=int, default=2, metavar="N", help="the subset holds N x batch-size images (default 2)")
-    overfit.add_argument("--steps", type=int, default=300, metavar="N", help="step budget (default 300)")
+    overfit.add_argument("--batches", type=number(integer=True, lo=1, hi=1000), default=2, metavar="N", help="the subset holds N x batch-size images (default 2)")
+    overfit.add_argument("--steps", type=number(integer=True, lo=1, hi=1_000_000), default=300, metavar="N", help="step budget (default 300)")
     add_run_args(overfit)
     overfit.epilog = OVERFIT_EPILOG
     overfit.set_defaults(func=_overfit)

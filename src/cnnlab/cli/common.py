@@ -1,9 +1,74 @@
-"""Argument groups and printing helpers shared by several commands."""
+"""Argument groups, number types and printing helpers shared by several commands."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from cnnlab.config import INT_MAX, SEED_MAX, Range, field_range
+
+
+class Number:
+    """An argparse ``type=`` that reads a number and refuses it outside its :class:`Range`.
+
+    The range is the one validation uses (a config field's, via :func:`config_number`), and
+    :func:`annotate_ranges` states it in ``--help``: nan, inf, a negative count or ``1e23``
+    as a seed are refused by argparse (exit 2) before any work, naming the flag.
+    """
+
+    def __init__(self, rng: Range) -> None:
+        self.range = rng
+        # argparse names the type in its own messages ("invalid int value")
+        self.__name__ = "int" if rng.integer else "float"
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value: int | float = int(text) if self.range.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {self.range}, got '{text}'") from None
+        if not self.range.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {self.range}, got '{text}'")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Number({self.range})"
+
+
+def number(integer: bool = False, lo: float | None = None, hi: float | None = None, *,
+           lo_open: bool = False, hi_open: bool = False) -> Number:  # fmt: skip
+    """The argparse type of a flag that is no config field (``--steps``, ``--trials``, ``--topk``).
+
+    Integer flags without an upper bound get :data:`cnnlab.config.INT_MAX`: larger counts
+    are typos that would otherwise overflow deep in NumPy or torch.
+    """
+    if integer and hi is None:
+        hi = INT_MAX
+    return Number(Range(integer=integer, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open))
+
+
+def config_number(section: type, name: str) -> Number:
+    """The argparse type of the flag of the numeric config field ``section.name`` (its Range)."""
+    return Number(field_range(section, name))
+
+
+#: ``--seed`` of commands that are no training run (inspect, data show): the config's seed range.
+SEED = Number(Range(integer=True, lo=0, hi=SEED_MAX))
+
+
+def annotate_ranges(parser: argparse.ArgumentParser) -> None:
+    """Append each numeric flag's allowed range to its help (this parser and its sub-commands).
+
+    Ranges are not written into help strings by hand: they come from the :class:`Number`
+    type that also checks the flag, so the help cannot drift from what is refused.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                annotate_ranges(sub)
+        elif isinstance(action.type, Number) and action.help is not argparse.SUPPRESS:
+            note = f"(allowed: {action.type.range})"
+            if note not in (action.help or ""):
+                action.help = f"{action.help} {note}" if action.help else note
 
 DATA_HELP = (
     "dataset name (fashion-mnist, mnist, cifar10, cifar100, digits, synthetic[:classes=4,size=32,...]), "
@@ -13,7 +78,7 @@ DATA_HELP = (
 
 def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, default: str | None = None) -> None:
     """Add the options that choose and shape a data source (``DataConfig``)."""
-    from cnnlab.config import Channels, Normalize, choices
+    from cnnlab.config import Channels, DataConfig, Normalize, choices
 
     group = parser.add_argument_group("data")
     if positional:
@@ -21,12 +86,14 @@ def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, 
     else:
         group.add_argument("--data", default=default, metavar="DATA", help=DATA_HELP)
     group.add_argument("--data-root", metavar="DIR", help="folder holding (or receiving downloads of) named datasets")
-    group.add_argument("--val-split", type=float, metavar="F", help="fraction held out for validation when the source has no val split (default 0.1)")
-    group.add_argument("--test-split", type=float, metavar="F", help="fraction held out for test when the source has no test split (default 0.1)")
-    group.add_argument("--split-seed", type=int, metavar="N", help="seed of the stratified hold-out splits (default 0)")
-    group.add_argument("--image-size", type=int, metavar="PX", help="resize image folders / CSV images to PX x PX (default: median size, at most 64)")
+    group.add_argument("--val-split", type=config_number(DataConfig, "val_split"), metavar="F", help="fraction held out for validation when the source has no val split (default 0.1)")
+    group.add_argument("--test-split", type=config_number(DataConfig, "test_split"), metavar="F", help="fraction held out for test when the source has no test split (default 0.1)")
+    group.add_argument("--split-seed", type=config_number(DataConfig, "split_seed"), metavar="N", help="seed of the stratified hold-out splits (default 0)")
+    group.add_argument("--image-size", type=config_number(DataConfig, "image_size"), metavar="PX", help="resize image folders / CSV images to PX x PX (default: median size, at most 64)")
     group.add_argument("--channels", type=int, choices=choices(Channels), help="convert to 1 (grayscale) or 3 (RGB) channels")
     group.add_argument("--no-download", action="store_true", help="never download; fail if the dataset is not on disk")
+    group.add_argument("--allow-outside-root", action="store_true",
+                       help="let a CSV source list files outside its own folder (../, absolute paths); refused by default")  # fmt: skip
     group.add_argument("--normalize", choices=choices(Normalize),
                        help="inputs standardised per channel with the training statistics (default), scaled to [0, 1] (unit), or raw [0, 255]")  # fmt: skip
 
@@ -42,6 +109,7 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": args.image_size,
         "channels": args.channels,
         "download": False if args.no_download else None,
+        "allow_outside_root": True if getattr(args, "allow_outside_root", False) else None,
         "normalize": getattr(args, "normalize", None),
     }
 
@@ -67,16 +135,27 @@ def report_skipped(skipped: tuple[tuple[str, str], ...], limit: int = 20) -> Non
 
 
 
+#: The longest ``--budget``: a year. More is a typo, and would overflow deadlines computed from it.
+MAX_DURATION = 365 * 86400
+
+
 def parse_duration(text: str | None) -> float | None:
-    """``"600"``/``"600s"`` -> 600, ``"30m"`` -> 1800, ``"2h"`` -> 7200, ``"1h30m"`` -> 5400."""
+    """``"600"``/``"600s"`` -> 600, ``"30m"`` -> 1800, ``"2h"`` -> 7200, ``"1h30m"`` -> 5400.
+
+    Raises:
+        UsageError: not a duration, zero, or more than :data:`MAX_DURATION`.
+    """
     import re
 
-    from cnnlab.errors import CnnlabError
+    from cnnlab.errors import UsageError
 
     if text is None:
         return None
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.strip().lower())
     if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.strip().lower()):
-        raise CnnlabError(f"--budget expects a duration like 600s, 30m, 2h or 1h30m, got '{text}'")
+        raise UsageError(f"--budget expects a duration like 600s, 30m, 2h or 1h30m, got '{text}'")
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    return sum(float(n) * unit[u] for n, u in parts)
+    seconds = sum(float(n) * unit[u] for n, u in parts)
+    if not 0 < seconds <= MAX_DURATION:
+        raise UsageError(f"--budget must be more than 0 s and at most 365 days, got '{text}'")
+    return seconds

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import add_data_args, data_config, report_skipped
+from cnnlab.cli.common import SEED, add_data_args, data_config, number, report_skipped
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,11 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(show, positional=True)
     show.add_argument("--augment", default="standard", metavar="SPEC", help="augmentation spec (default: standard = flip,crop:4)")
-    show.add_argument("-o", "--output", default="augment.png", metavar="PNG", help="output file (default augment.png)")
-    show.add_argument("-n", "--samples", type=int, default=8, help="rows (samples), cycling through the classes (default 8)")
-    show.add_argument("--views", type=int, default=6, help="augmented views per sample (default 6)")
+    show.add_argument("-o", "--output", default="augment.png", metavar="PNG",
+                      help="output file, .png (or .jpg, .pdf, .svg), or a folder for augment.png (default augment.png)")
+    show.add_argument("--force", action="store_true", help="replace an existing output file (never a file of a run folder)")
+    show.add_argument("-n", "--samples", type=number(integer=True, lo=1, hi=1000), default=8, help="rows (samples), cycling through the classes (default 8)")
+    show.add_argument("--views", type=number(integer=True, lo=1, hi=100), default=6, help="augmented views per sample (default 6)")
     show.add_argument("--split", default="train", choices=("train", "val", "test"))
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--seed", type=SEED, default=0)
     show.set_defaults(func=_show)
 
 
@@ -93,19 +95,27 @@ def _stats(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from cnnlab.data.augment import build_augment
     from cnnlab.data.preview import augmented_views
+    from cnnlab.errors import CnnlabError
+    from cnnlab.infer.outputs import check_picture_path, write_error
     from cnnlab.report.plots import image_grid
 
+    output = check_picture_path(args.output, "augment.png", flag="-o", force=args.force)  # before decoding the data
     splits = _load(args)
     part = splits.split(args.split)
+    if len(part) == 0:
+        raise CnnlabError(f"the {args.split} split of {splits.name} is empty; choose another --split")
     mean, _ = splits.stats
     spec = str(build_augment(args.augment, mean=mean) or "none")
     originals, views, labels = augmented_views(part, args.augment, n=args.samples, views=args.views, seed=args.seed, mean=mean)
     rows = [[originals[i], *views[i]] for i in range(len(originals))]
-    path = image_grid(
-        rows, args.output,
-        row_labels=[splits.classes[int(y)] for y in labels],
-        col_labels=["original", *(f"view {j + 1}" for j in range(args.views))],
-        title=f"augment: {spec}",
-    )  # fmt: skip
+    try:
+        path = image_grid(
+            rows, output,
+            row_labels=[splits.classes[int(y)] for y in labels],
+            col_labels=["original", *(f"view {j + 1}" for j in range(args.views))],
+            title=f"augment: {spec}",
+        )  # fmt: skip
+    except OSError as exc:  # the folder changed since it was checked (removed, made read-only, full)
+        raise write_error(output, exc) from None
     print(f"wrote {path}")
     return 0

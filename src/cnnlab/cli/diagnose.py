@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run", metavar="RUNDIR", help="a run folder written by `cnnlab train` (needs metrics.jsonl)")
-    parser.add_argument("--classes", type=int, metavar="N",
+    from cnnlab.cli.common import number
+
+    parser.add_argument("--classes", type=number(integer=True, lo=2, hi=100_000), metavar="N",
                         help="number of classes, for the chance-level and initial-loss checks "
                         "(default: from the run's summary.json, once it finished)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON instead of lines")

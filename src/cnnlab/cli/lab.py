@@ -20,7 +20,8 @@ between arms, seed by seed, never written in advance."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from cnnlab.cli.common import DATA_HELP
+    from cnnlab.cli.common import DATA_HELP, config_number, number
+    from cnnlab.config import TrainConfig
 
     parser = subparsers.add_parser("lab", help="run a lecture claim as an experiment: table, plot, verdict",
                                    description="The lab: every claim of the lecture as a reproducible experiment.",
@@ -33,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--data", default="fashion-mnist", metavar="DATA", help=DATA_HELP)
     length = run.add_mutually_exclusive_group()
     length.add_argument("--budget", metavar="TIME", help="wall time for all runs, split fairly: the same epochs for every arm")
-    length.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
-    run.add_argument("--subset", type=int, metavar="N", help="train on a stratified subset of N images")
-    run.add_argument("--seeds", type=int, default=1, metavar="K", help="seeds per arm (default 1; 3 gives a spread)")
-    run.add_argument("--batch-size", type=int, default=128)
+    length.add_argument("--epochs", type=config_number(TrainConfig, "epochs"), metavar="N", help="epochs per run")
+    run.add_argument("--subset", type=config_number(TrainConfig, "train_subset"), metavar="N", help="train on a stratified subset of N images")
+    run.add_argument("--seeds", type=number(integer=True, lo=1, hi=100), default=1, metavar="K", help="seeds per arm (default 1; 3 gives a spread)")
+    run.add_argument("--batch-size", type=config_number(TrainConfig, "batch_size"), default=128, metavar="N", help="batch size of every run (default 128)")
     run.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                      help="a model option for every arm, applied last (repeatable), e.g. width=8 for the depth experiment's CIFAR nets")
     run.add_argument("--smoke", action="store_true", help="tiny synthetic data, 1 epoch: checks the experiment runs")

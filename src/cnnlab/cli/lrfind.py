@@ -26,6 +26,7 @@ def _wrap(text: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from cnnlab.cli.common import number
     from cnnlab.cli.train import add_run_args
 
     parser = subparsers.add_parser(
@@ -43,10 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="YAML", help="a run config (data/model/optim/schedule/train sections)")
     parser.add_argument("--out", metavar="DIR", help="where lr_find.json and lr_find.png go (default runs/lr-find-<model>-<data>-<time>)")
     r = parser.add_argument_group("range test")
-    r.add_argument("--start-lr", type=float, default=1e-7, metavar="LR", help="first learning rate (default 1e-7)")
-    r.add_argument("--end-lr", type=float, default=10.0, metavar="LR", help="last learning rate (default 10)")
-    r.add_argument("--steps", type=int, default=100, metavar="N", help="mini-batches in the sweep (default 100)")
-    r.add_argument("--diverge", type=float, default=4.0, metavar="X",
+    r.add_argument("--start-lr", type=number(lo=0, lo_open=True), default=1e-7, metavar="LR", help="first learning rate (default 1e-7)")
+    r.add_argument("--end-lr", type=number(lo=0, lo_open=True), default=10.0, metavar="LR", help="last learning rate (default 10)")
+    r.add_argument("--steps", type=number(integer=True, lo=13, hi=1_000_000), default=100, metavar="N", help="mini-batches in the sweep (default 100)")
+    r.add_argument("--diverge", type=number(lo=1, lo_open=True), default=4.0, metavar="X",
                    help="stop when the smoothed loss exceeds X times its minimum (default 4)")  # fmt: skip
     add_run_args(parser)  # sets the augmentation help as the epilog; ours goes first
     parser.epilog = _EPILOG + "\n" + (parser.epilog or "")

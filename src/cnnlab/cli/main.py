@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"cnnlab.cli.{name}").register(subparsers)
+    from cnnlab.cli.common import annotate_ranges  # after registering: every command's numeric flags
+
+    annotate_ranges(parser)
     return parser
 
 

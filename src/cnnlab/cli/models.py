@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from cnnlab import config as c
-from cnnlab.cli.common import DATA_HELP
-from cnnlab.errors import CnnlabError
+from cnnlab.cli.common import DATA_HELP, SEED, config_number, number
+from cnnlab.errors import CnnlabError, UsageError
 
 _DEFAULT_INPUT = "3x32x32"
 
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--input", metavar="CxHxW[,CxHxW...]",
                         help="add params and multiply-adds columns for these input shapes (a forward pass on the "
                         f"meta device per model and shape; without it: params at {_DEFAULT_INPUT} only)")
-    models.add_argument("--num-classes", type=int, default=10, metavar="N", help="classifier outputs (default 10)")
+    models.add_argument("--num-classes", type=number(integer=True, lo=1, hi=100_000), default=10, metavar="N", help="classifier outputs (default 10)")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table (for docs/models.md)")
     models.add_argument("--norms", action="store_true", help="print which axes each norm averages over, and exit")
     models.set_defaults(func=_models)
@@ -38,33 +38,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("model", metavar="MODEL", help="a registered model (`cnnlab models`)")
     inspect.add_argument("--input", metavar="CxHxW", help=f"input shape (default {_DEFAULT_INPUT}, or the data's)")
-    inspect.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default 10, or the data's)")
+    inspect.add_argument("--num-classes", type=number(integer=True, lo=1, hi=100_000), metavar="N", help="classifier outputs (default 10, or the data's)")
     inspect.add_argument("--norm", metavar="NORM", help=f"{' | '.join(c.choices(c.NormName))}; group:G sets the group count")
     inspect.add_argument("--act", type=str.lower, choices=c.choices(c.Activation))
     inspect.add_argument("--init", metavar="INIT", help=f"{' | '.join(c.choices(c.InitName))}; normal:STD sets the std")
-    inspect.add_argument("--dropout", type=float, help="head dropout probability")
+    inspect.add_argument("--dropout", type=config_number(c.ModelConfig, "dropout"), help="head dropout probability")
     inspect.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                          help="any other model option, e.g. spec=c32-p-c64 or depth=10 (repeatable)")
-    inspect.add_argument("--depth", type=int, metavar="D", help="layer table: one row per module at nesting depth D")
+    inspect.add_argument("--depth", type=number(integer=True, lo=0, hi=100), metavar="D", help="layer table: one row per module at nesting depth D")
     inspect.add_argument("--activations", action="store_true", help="per-layer activation statistics (histograms too with --plot)")
     inspect.add_argument("--gradients", action="store_true", help="per-layer weight-gradient norms after one backward pass")
     inspect.add_argument("--data", metavar="DATA", help="use real images instead of noise: " + DATA_HELP)
     inspect.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
-    inspect.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch for --activations/--gradients (default 64)")
+    inspect.add_argument("--allow-outside-root", action="store_true", help="let a CSV --data list files outside its own folder")
+    inspect.add_argument("--batch-size", type=number(integer=True, lo=1, hi=4096), default=64, metavar="N", help="batch for --activations/--gradients (default 64)")
     inspect.add_argument("--plot", metavar="PNG", help="--activations: also write their histograms to this PNG file")
-    inspect.add_argument("--seed", type=int, default=0, help="seed of the weights, noise and random labels (default 0)")
+    inspect.add_argument("--seed", type=SEED, default=0, help="seed of the weights, noise and random labels (default 0)")
     inspect.set_defaults(func=_inspect)
 
 
+# The largest input `models` and `inspect` build: beyond it a forward pass on noise fills the memory.
+MAX_CHANNELS, MAX_SIDE = 64, 4096
+
+
 def parse_shape(text: str) -> tuple[int, int, int]:
-    """``"3x32x32"`` -> (3, 32, 32)."""
+    """``"3x32x32"`` -> (3, 32, 32).
+
+    Raises:
+        UsageError: not CxHxW, or a side outside 1..MAX_SIDE (channels 1..MAX_CHANNELS).
+    """
     parts = text.lower().replace("*", "x").split("x")
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise CnnlabError(f"bad input shape {text!r}; write CxHxW, e.g. 1x28x28 or 3x32x32")
+    if len(shape) != 3 or min(shape) < 1 or shape[0] > MAX_CHANNELS or max(shape[1:]) > MAX_SIDE:
+        raise UsageError(f"bad input shape {text!r}; write CxHxW with C in 1..{MAX_CHANNELS} and H, W in "
+                         f"1..{MAX_SIDE}, e.g. 1x28x28 or 3x32x32")  # fmt: skip
     return shape  # type: ignore[return-value]
 
 
@@ -126,14 +136,14 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from cnnlab.cli.train import parse_model_options
 
-    options: dict[str, Any] = {}
-    for item in args.model_opt:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CnnlabError(f"--model-opt expects KEY=VALUE, got {item!r}")
-        options[key.strip()] = yaml.safe_load(value)
+    options = parse_model_options(args.model_opt)
+    # Arguments create_for_input passes itself: as options they would be given twice (a TypeError).
+    own = {"num_classes": "--num-classes N", "in_chans": "--input CxHxW", "input_size": "--input CxHxW", "name": "MODEL"}
+    for key in options:
+        if key in own:
+            raise UsageError(f"--model-opt {key}= is not a model option here; set it with {own[key]}")
     given = {"norm": args.norm, "act": args.act, "init": args.init, "dropout": args.dropout}
     return {**options, **{k: v for k, v in given.items() if v is not None}}
 
@@ -149,7 +159,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if (args.activations or args.gradients) and args.data:
         from cnnlab.data.loader import sample_batch
 
-        x, y, classes = sample_batch(args.data, n=args.batch_size, root=args.data_root, seed=args.seed)
+        x, y, classes = sample_batch(args.data, n=args.batch_size, root=args.data_root, seed=args.seed,
+                                       allow_outside_root=args.allow_outside_root)
         x = x.float().cpu()
     shape = parse_shape(args.input) if args.input else (tuple(x.shape[1:]) if x is not None else parse_shape(_DEFAULT_INPUT))
     if x is not None and tuple(x.shape[1:]) != shape:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
 EPILOG = """\
 steps (each also a command of its own):
@@ -27,7 +31,9 @@ and report.html (one self-contained page with every step's evidence)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from cnnlab.cli.common import config_number, number
     from cnnlab.cli.train import add_run_args
+    from cnnlab.config import TrainConfig
 
     parser = subparsers.add_parser(
         "recipe",
@@ -45,16 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="only rewrite DIR/report.html from the recipe's files (a finished or stopped recipe), e.g. after an upgrade")
     r = parser.add_argument_group("recipe")
     r.add_argument("--budget", default="30m", metavar="TIME", help="wall time for everything, e.g. 10m, 1h (default 30m)")
-    r.add_argument("--trials", type=int, metavar="N", help="at most N trials per search stage (default: as many as the budget allows)")
-    r.add_argument("--coarse-epochs", type=int, default=2, metavar="N", help="epochs per coarse trial (default 2)")
-    r.add_argument("--refine-epochs", type=int, default=4, metavar="N", help="epochs per refine trial (default 4)")
-    r.add_argument("--search-subset", type=int, default=10000, metavar="N", help="training images per search trial, stratified (default 10000; 0 = all)")
-    r.add_argument("--final-epochs", type=int, metavar="N", help="epochs of the final training (default: what the budget left allows, 3-30)")
-    r.add_argument("--rounds", type=int, default=3, metavar="N", help="refine/diagnose rounds at most (default 3)")
+    r.add_argument("--trials", type=number(integer=True, lo=1), metavar="N", help="at most N trials per search stage (default: as many as the budget allows)")
+    r.add_argument("--coarse-epochs", type=config_number(TrainConfig, "epochs"), default=2, metavar="N", help="epochs per coarse trial (default 2)")
+    r.add_argument("--refine-epochs", type=config_number(TrainConfig, "epochs"), default=4, metavar="N", help="epochs per refine trial (default 4)")
+    r.add_argument("--search-subset", type=number(integer=True, lo=0), default=10000, metavar="N", help="training images per search trial, stratified (default 10000; 0 = all)")
+    r.add_argument("--final-epochs", type=config_number(TrainConfig, "epochs"), metavar="N", help="epochs of the final training (default: what the budget left allows, 3-30)")
+    r.add_argument("--rounds", type=number(integer=True, lo=1, hi=100), default=3, metavar="N", help="refine/diagnose rounds at most (default 3)")
     r.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     r.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha")
-    r.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes per search (default 1)")
-    r.add_argument("--storage", metavar="URL", help="Optuna storage, e.g. postgresql://user@host/db (default: a journal file in the folder)")
+    r.add_argument("--workers", type=number(integer=True, lo=1, hi=256), default=1, metavar="N", help="local worker processes per search (default 1)")
+    r.add_argument("--storage", metavar="URL",
+                   help="Optuna storage, e.g. postgresql://user@host/db (default: a journal file in the folder; env "
+                   "CNNLAB_STORAGE). recipe.json keeps it with the password masked: give it again with --resume")  # fmt: skip
     r.add_argument("--keep-going", action="store_true", help="search even when the check or the overfit test fails")
     r.add_argument("--quiet", action="store_true", help="no per-epoch lines from the final training")
     add_run_args(parser)
@@ -63,11 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from cnnlab.cli.common import parse_duration
-    from cnnlab.config import load_run_config
-    from cnnlab.recipe.recipe import RecipeOptions, run_recipe
+    from cnnlab.recipe.recipe import run_recipe
 
     if args.report:
         from cnnlab.recipe.recipe import rewrite_report
@@ -75,20 +79,20 @@ def _recipe(args: argparse.Namespace) -> int:
         print(f"report: {rewrite_report(args.report)}")
         return 0
     if args.resume:
-        result = run_recipe(None, args.resume, resume=True, verbose=not args.quiet)
+        cfg, options, out = None, None, Path(args.resume)
     else:
-        from cnnlab.cli.train import run_overrides
-        from cnnlab.run import default_run_dir
-
-        cfg = load_run_config(args.config, run_overrides(args))
-        options = RecipeOptions(
-            budget_seconds=parse_duration(args.budget), coarse_trials=args.trials, refine_trials=args.trials,
-            coarse_epochs=args.coarse_epochs, refine_epochs=args.refine_epochs, search_subset=args.search_subset or None,
-            final_epochs=args.final_epochs, max_rounds=args.rounds, sampler=args.sampler, pruner=args.pruner,
-            workers=args.workers, storage=args.storage, stop_on_failure=not args.keep_going, seed=cfg.train.seed,
-        )  # fmt: skip
-        out = Path(args.out) if args.out else default_run_dir(cfg).with_name("recipe-" + default_run_dir(cfg).name)
-        result = run_recipe(cfg, out, options, verbose=not args.quiet)
+        cfg, options, out = _new_recipe(args)
+    try:
+        result = run_recipe(cfg, out, options, resume=bool(args.resume), verbose=not args.quiet,
+                            storage=args.storage if args.resume else None)  # fmt: skip
+    except KeyboardInterrupt:
+        # One line, with the command that continues: every finished step (and trial) is saved.
+        if (out / "recipe.json").is_file():
+            hint = f"finished steps are saved: continue with `cnnlab recipe --resume {out}`"
+        else:
+            hint = "nothing was saved yet: run the same command again"
+        print(f"cnnlab: interrupted; {hint}", file=sys.stderr, flush=True)
+        return 130
     if result.report:
         print(f"report: {result.report}")
     if result.stopped:
@@ -96,3 +100,22 @@ def _recipe(args: argparse.Namespace) -> int:
     if result.test_acc is not None:
         print(f"test accuracy {result.test_acc:.2%} with {result.best_config} ({result.state.spent_seconds / 60:.1f} min)")
     return 0
+
+
+def _new_recipe(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+    """The run config, the recipe options and the folder of a new recipe, from the flags."""
+    from cnnlab.cli.common import parse_duration
+    from cnnlab.cli.train import run_overrides
+    from cnnlab.config import load_run_config
+    from cnnlab.recipe.recipe import RecipeOptions
+    from cnnlab.run import default_run_dir
+
+    cfg = load_run_config(args.config, run_overrides(args))
+    options = RecipeOptions(
+        budget_seconds=parse_duration(args.budget), coarse_trials=args.trials, refine_trials=args.trials,
+        coarse_epochs=args.coarse_epochs, refine_epochs=args.refine_epochs, search_subset=args.search_subset or None,
+        final_epochs=args.final_epochs, max_rounds=args.rounds, sampler=args.sampler, pruner=args.pruner,
+        workers=args.workers, storage=args.storage or os.environ.get("CNNLAB_STORAGE"), stop_on_failure=not args.keep_going, seed=cfg.train.seed,
+    )  # fmt: skip
+    out = Path(args.out) if args.out else default_run_dir(cfg).with_name("recipe-" + default_run_dir(cfg).name)
+    return cfg, options, out

@@ -8,8 +8,9 @@ from typing import Any
 
 import yaml
 
-from cnnlab.cli.common import parse_duration
+from cnnlab.cli.common import SEED, config_number, number, parse_duration
 from cnnlab.cli.train import add_run_args, run_overrides
+from cnnlab import config as c
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe.space import CategoricalKnob, FloatKnob, IntKnob, Knob
 
@@ -55,24 +56,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = parser.add_argument_group("search")
     s.add_argument("--stage", choices=("coarse", "refine"), default="coarse", help="coarse (default: 3 epochs, 20 trials) or refine (8 epochs, 10 trials)")
     s.add_argument("--from", dest="from_dir", metavar="DIR", help="refine: the coarse search folder whose best trials define the narrowed ranges")
-    s.add_argument("--top-k", type=int, default=5, metavar="K", help="refine: narrow around the K best coarse trials (default 5)")
-    s.add_argument("--lr-center", type=float, metavar="LR", help="search LR log-uniformly in [LR/10, LR*10] (default: --lr or the config's)")
-    s.add_argument("--lr-range", type=float, nargs=2, metavar=("LO", "HI"), help="search LR log-uniformly in [LO, HI]")
-    s.add_argument("--wd-range", type=float, nargs=2, metavar=("LO", "HI"), help="weight decay range, log-uniform (default 1e-6 1e-2; 1e-6 is in effect none)")
+    s.add_argument("--top-k", type=number(integer=True, lo=1), default=5, metavar="K", help="refine: narrow around the K best coarse trials (default 5)")
+    s.add_argument("--lr-center", type=number(lo=0, lo_open=True), metavar="LR", help="search LR log-uniformly in [LR/10, LR*10] (default: --lr or the config's)")
+    s.add_argument("--lr-range", type=number(lo=0, lo_open=True), nargs=2, metavar=("LO", "HI"), help="search LR log-uniformly in [LO, HI]")
+    s.add_argument("--wd-range", type=number(lo=0, lo_open=True), nargs=2, metavar=("LO", "HI"), help="weight decay range, log-uniform (default 1e-6 1e-2; 1e-6 is in effect none)")
     s.add_argument("--no-wd-search", action="store_true", help="keep the config's weight decay")
-    s.add_argument("--dropout-range", type=float, nargs=2, metavar=("LO", "HI"), help="dropout range (default 0 0.5 when the config sets --dropout, else not searched)")
-    s.add_argument("--label-smoothing-range", type=float, nargs=2, metavar=("LO", "HI"), help="also search label smoothing, uniform")
+    s.add_argument("--dropout-range", type=number(lo=0, hi=1, hi_open=True), nargs=2, metavar=("LO", "HI"), help="dropout range (default 0 0.5 when the config sets --dropout, else not searched)")
+    s.add_argument("--label-smoothing-range", type=number(lo=0, hi=1, hi_open=True), nargs=2, metavar=("LO", "HI"), help="also search label smoothing, uniform")
     s.add_argument("--knob", action="append", default=[], metavar="PATH=SPEC", help="another knob: train.batch_size=cat:64,128 | model.options.width=int:16:64 | optim.momentum=float:0.8:0.99[:log]")
-    s.add_argument("--trials", type=int, metavar="N", help="trials to add to the study, all workers together")
+    s.add_argument("--trials", type=number(integer=True, lo=1), metavar="N", help="trials to add to the study, all workers together")
     s.add_argument("--budget", metavar="TIME", help="start no trial after this long: 600s, 30m, 2h (running trials finish)")
-    s.add_argument("--epochs", type=int, metavar="N", help="epochs per trial (default 3 coarse, 8 refine)")
-    s.add_argument("--final-epochs", type=int, metavar="N", help="train.epochs written to best.yaml (default: the config's)")
+    s.add_argument("--epochs", type=config_number(c.TrainConfig, "epochs"), metavar="N", help="epochs per trial (default 3 coarse, 8 refine)")
+    s.add_argument("--final-epochs", type=config_number(c.TrainConfig, "epochs"), metavar="N", help="train.epochs written to best.yaml (default: the config's)")
     s.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="TPE (default, seeded) or random search")
     s.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha", help="default asha: successive halving, rungs at 1, 3, 9 epochs, keeps the best third")
-    s.add_argument("--sampler-seed", type=int, default=0, metavar="N", help="sampler seed (default 0); --seed is the trials' training seed")
-    s.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes sharing the study (default 1)")
+    s.add_argument("--sampler-seed", type=SEED, default=0, metavar="N", help="sampler seed (default 0); --seed is the trials' training seed")
+    s.add_argument("--workers", type=number(integer=True, lo=1, hi=256), default=1, metavar="N", help="local worker processes sharing the study (default 1)")
     s.add_argument("--storage", metavar="URL", default=os.environ.get("CNNLAB_STORAGE"), help="postgresql://USER@HOST:PORT/DB, sqlite:///FILE or journal:PATH (default OUT/study.journal; env CNNLAB_STORAGE)")
-    s.add_argument("--heartbeat", type=int, default=10, metavar="S", help="database storage: heartbeat of running trials; silent for 3 heartbeats = FAIL (default 10)")
+    s.add_argument("--heartbeat", type=number(integer=True, lo=1, hi=86400), default=10, metavar="S", help="database storage: heartbeat of running trials; silent for 3 heartbeats = FAIL (default 10)")
     s.add_argument("--study", metavar="NAME", help="study name (default cnnlab-<stage>-<out folder name>)")
     s.add_argument("--join", metavar="STUDY", help="add this process as a worker to a running study in --storage (needs nothing else)")
     s.add_argument("--out", metavar="DIR", help="search folder (default runs/search-<stage>-<time>; with --from: DIR-refine)")
@@ -142,8 +143,20 @@ def _search(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
-    if args.join:
-        return _join(args)
+    try:
+        return _join(args) if args.join else _own(args)
+    except KeyboardInterrupt:
+        # One line: a search continues by running the same command (not `cnnlab train --resume <trial>`).
+        import sys
+
+        again = "the same command" if not args.join else f"`cnnlab search --join {args.join}` (or the owner's command)"
+        print(f"cnnlab: interrupted; finished trials are kept in the study: run {again} again to continue it",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 130
+
+
+def _own(args: argparse.Namespace) -> int:
+    """A search this process owns (not --join): set the study up, work on it, print the table."""
     from pathlib import Path
 
     from cnnlab.recipe.search import load_search, refine_space, run_search
@@ -172,7 +185,7 @@ def _default_out(args: argparse.Namespace) -> str:
     from pathlib import Path
 
     if args.from_dir:
-        src = Path(args.from_dir)
+        src = Path(args.from_dir).resolve()  # `--from .` has no name of its own to add "-refine" to
         return str(src.with_name(f"{src.name}-refine"))
     return f"runs/search-{args.stage}-{datetime.now():%Y%m%d-%H%M%S}"
 

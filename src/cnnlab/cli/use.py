@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import add_data_args, data_overrides
+from cnnlab.cli.common import add_data_args, data_overrides, number
 
 _MODEL_HELP = "a run folder (uses its best.pt, else last.pt), a .pt checkpoint or a .safetensors export"
 
 EVAL_EPILOG = """\
 By default the model is evaluated on the test split of the data it was trained on (rebuilt
 from the run's config, so the held-out splits are the same) and the results go into the run
-folder. Evaluating another split or other data writes to RUN/eval-<split> or
-RUN/eval-<data>-<split> instead, so the run's own results are never overwritten.
+folder. Any other evaluation writes to a folder of its own inside the run folder, named by
+what differs: RUN/eval-<model file>-<data>-<split>-<settings>, e.g. RUN/eval-val,
+RUN/eval-test-size64 (--image-size 64), RUN/eval-test-tta, RUN/eval-last-test (last.pt),
+RUN/eval-photos-<digest of its path>-test (--data photos/). So the run's own eval.json is
+never overwritten by another setting's result; the same evaluation replaces its own files.
+--out DIR must not be another run's folder (nor this run's, for a non-default evaluation);
+earlier eval.json / confusion.png / top_losses.png in it are replaced only with --force.
 
 examples:
   cnnlab eval runs/simple-fashion-mnist-20250101-120000
@@ -47,6 +52,11 @@ size than the traced one); the export fails if any logit differs by more than 1e
 Every file carries the same metadata (key "cnnlab", JSON). The models take images
 normalised with that mean/std, in C x H x W layout.
 
+An existing file is replaced only with --force. A file of a run folder (config.yaml,
+metrics.jsonl, summary.json, curves.png, last.pt, best.pt, predictions-*.npz, ...) is never
+written, not even with --force, and into another run's folder not even under the names of
+that run's own exports (best.onnx, last.safetensors, ...) or evaluation (eval.json, ...).
+
 examples:
   cnnlab export runs/myrun --format onnx                # writes runs/myrun/best.onnx
   cnnlab export runs/myrun/last.pt --format safetensors -o model.safetensors
@@ -66,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--split", default="test", choices=("test", "val", "train"), help="the split to evaluate (default test)")
     ev.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror image")
     ev.add_argument("--out", metavar="DIR", help="folder for eval.json, confusion.png, top_losses.png (default: see below)")
-    ev.add_argument("--top-losses", type=int, default=24, metavar="N", help="images in top_losses.png (default 24)")
+    ev.add_argument("--force", action="store_true", help="replace the files of an earlier evaluation in --out DIR")
+    ev.add_argument("--top-losses", type=number(integer=True, lo=0, hi=1000), default=24, metavar="N", help="images in top_losses.png (default 24)")
     _add_runtime_args(ev, "the run's eval batch size")
     add_data_args(ev)
     ev.set_defaults(func=_eval)
@@ -78,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     pr.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
-    pr.add_argument("--topk", type=int, default=3, metavar="K", help="classes to show per image (default 3)")
+    pr.add_argument("--topk", type=number(integer=True, lo=1), default=3, metavar="K", help="classes to show per image (default 3)")
     pr.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     _add_runtime_args(pr, "256")
     pr.set_defaults(func=_predict)
@@ -90,24 +101,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     ex.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"), help="the export format")
-    ex.add_argument("-o", "--output", metavar="PATH", help="the file (or folder) to write (default: next to the checkpoint)")
+    ex.add_argument("-o", "--output", metavar="PATH", help="the file (or folder, or path ending in /) to write (default: next to the checkpoint)")
+    ex.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint or another file of a run folder)")
     ex.set_defaults(func=_export)
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser, batch_default: str) -> None:
     parser.add_argument("--device", default="auto", help="auto (default: CUDA when available) | cpu | cuda | cuda:N")
-    parser.add_argument("--batch-size", type=int, metavar="N", help=f"images per forward pass (default: {batch_default})")
+    parser.add_argument("--batch-size", type=number(integer=True, lo=1), metavar="N", help=f"images per forward pass (default: {batch_default})")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cnnlab.infer.evaluate import evaluate_checkpoint, write_report
+    from cnnlab.infer.evaluate import plan_evaluation, write_report
 
-    report = evaluate_checkpoint(args.checkpoint, data=data_overrides(args), split=args.split, tta=args.tta,
-                                 device=args.device, batch_size=args.batch_size)  # fmt: skip
-    paths = write_report(report, args.out, limit=args.top_losses)
+    plan = plan_evaluation(args.checkpoint, data=data_overrides(args), split=args.split, tta=args.tta, device=args.device)
+    out = plan.output_dir(args.out, force=args.force)  # refused before the work, not after it
+    report = plan.run(args.batch_size)
+    paths = write_report(report, out, limit=args.top_losses)
     console = Console()
     m = report.metrics
     tta = " with flip TTA" if report.tta else ""
@@ -131,13 +144,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import json
-
-    from cnnlab.errors import CnnlabError
+    from cnnlab.errors import UsageError
+    from cnnlab.data.decode import readable
     from cnnlab.infer.predict import find_images, load_predictor
+    from cnnlab.io import json_dumps
 
     if args.topk < 1:
-        raise CnnlabError(f"--topk must be at least 1, got {args.topk}")
+        raise UsageError(f"--topk must be at least 1, got {args.topk}")
     files = find_images(args.paths)  # before loading the model: a typo fails fast
     predictor = load_predictor(args.checkpoint, device=args.device)
     predictions = predictor.predict_files(files, topk=args.topk, batch_size=args.batch_size or 256)
@@ -145,7 +158,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         for p in predictions:
             failed += p.error is not None
-            print(json.dumps(p.as_dict()), flush=True)
+            print(json_dumps(p.as_dict()), flush=True)  # strict JSON: a NaN probability is null
         return 1 if failed else 0
     from rich.console import Console
     from rich.table import Table
@@ -158,11 +171,11 @@ def _predict(args: argparse.Namespace) -> int:
     for p in predictions:
         if p.error is not None:
             failed += 1
-            table.add_row(p.path, f"[red]error: {p.error}[/]")
+            table.add_row(readable(p.path), f"[red]error: {p.error}[/]")
         elif k == 1:
-            table.add_row(p.path, p.classes[0], f"{p.probs[0]:.1%}")
+            table.add_row(readable(p.path), p.classes[0], f"{p.probs[0]:.1%}")
         else:
-            table.add_row(p.path, *(f"{c} {q:.1%}" for c, q in zip(p.classes, p.probs)))
+            table.add_row(readable(p.path), *(f"{c} {q:.1%}" for c, q in zip(p.classes, p.probs)))
     console = Console()
     console.print(table)
     if failed:
@@ -173,7 +186,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cnnlab.infer.export import export_model
 
-    result = export_model(args.checkpoint, args.format, args.output)
+    result = export_model(args.checkpoint, args.format, args.output, force=args.force)
     if result.max_abs_diff is not None:
         check = f"checked with {result.checked_with}: max |diff| vs PyTorch {result.max_abs_diff:.2e}"
     else:

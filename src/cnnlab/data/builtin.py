@@ -11,13 +11,17 @@ import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
+import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, source_options
 from cnnlab.data.download import download
 from cnnlab.data.imageset import ImageSet, RawData, stratified_split
 from cnnlab.data.synthetic import generate
@@ -80,7 +84,8 @@ def _stat_fingerprint(name: str, files: list[Path], extra: str = "") -> str:
     h.update(f"{name}|{extra}".encode())
     for f in files:
         st = f.stat()
-        h.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        # surrogateescape: a folder name that is not UTF-8 hashes as its own bytes.
+        h.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -98,12 +103,14 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a truncated/garbled gzip stream
         raise CnnlabError(f"cannot read {path}: {exc}; delete it so it is downloaded again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise CnnlabError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
     header = 4 + 4 * ndim
+    if not 1 <= ndim <= 4 or len(data) < header:
+        raise CnnlabError(f"{path} is not an IDX file (its header is cut off or names {ndim} dimensions)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape)) if shape else 0
     if len(data) - header != expected:
@@ -149,9 +156,11 @@ def load_idx_dataset(name: str, cfg: DataConfig, classes: tuple[str, ...]) -> Ra
         plain = folder / filename[:-3]
         paths.append(plain if plain.is_file() else folder / filename)
     train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
-    for x, y, p in ((train_x, train_y, paths[0]), (test_x, test_y, paths[2])):
-        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+    for x, y, p, q in ((train_x, train_y, paths[0], paths[1]), (test_x, test_y, paths[2], paths[3])):
+        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or min(x.shape) < 1:
             raise CnnlabError(f"{p}: images {x.shape} and labels {y.shape} do not match")
+        if y.max() >= len(classes):
+            raise CnnlabError(f"{q} holds label {int(y.max())}, but {name} has {len(classes)} classes; it is not a {name} label file")
     fingerprint = _stat_fingerprint(name, paths)
     return RawData(
         train=ImageSet(train_x[:, None], train_y.astype(np.int64), classes),
@@ -178,28 +187,88 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise _Refused(f"refusing to load {module}.{name}")
 
 
-def _load_cifar_batch(path: Path) -> dict:
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names something other than arrays and builtins (it could run code)."""
+
+
+def _load_cifar_batch(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """One unpickled CIFAR file (a batch or the meta file) with ``required`` keys, as ``str`` keys.
+
+    Raises:
+        CnnlabError: the file is unreadable, not a safe pickle, not a dict, or lacks a key.
+    """
+    fix = f"delete {path.parent} so that it is downloaded again"
     try:
         with open(path, "rb") as fh:
-            return _SafeUnpickler(fh, encoding="latin1").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise CnnlabError(f"cannot read CIFAR batch {path}: {exc}; delete the folder so it is downloaded again") from None
+            obj = _SafeUnpickler(fh, encoding="latin1").load()
+    except OSError as exc:
+        raise CnnlabError(f"cannot read CIFAR file {path}: {exc.strerror or exc}; {fix}") from None
+    except _Refused as exc:
+        raise CnnlabError(f"cannot read CIFAR file {path}: {exc} (a CIFAR batch holds only arrays); {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or garbled pickle fails in many ways
+        raise CnnlabError(f"CIFAR file {path} is damaged ({type(exc).__name__}: {exc}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise CnnlabError(f"CIFAR file {path} holds a {type(obj).__name__}, not a CIFAR batch (a dict); {fix}")
+    # Python 2 pickles read with latin1 give str keys; pickles written by Python 3 may give bytes.
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    missing = [k for k in required if k not in batch]
+    if missing:
+        raise CnnlabError(f"CIFAR file {path} has no {', '.join(missing)} entry; {fix}")
+    return batch
+
+
+def _cifar_images(path: Path, batch: dict[str, Any], label_key: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, 3, 32, 32) uint8 images and (N,) labels of one batch, checked."""
+    fix = f"delete {path.parent} so that it is downloaded again"
+    try:
+        x = np.asarray(batch["data"])
+        y = np.asarray(batch[label_key])
+    except Exception as exc:  # noqa: BLE001 - ragged or odd objects
+        raise CnnlabError(f"CIFAR file {path} holds unreadable arrays ({exc}); {fix}") from None
+    shape_ok = (x.ndim == 2 and x.shape[1] == 3072) or (x.ndim == 4 and x.shape[1:] == (3, 32, 32))
+    if x.dtype.kind not in "iu" or not shape_ok or x.shape[0] == 0:
+        raise CnnlabError(f"CIFAR file {path}: 'data' is {x.dtype} {x.shape}, expected uint8 (N, 3072); {fix}")
+    x = x.reshape(-1, 3, 32, 32)
+    if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
+        raise CnnlabError(f"CIFAR file {path}: {x.shape[0]} images but '{label_key}' is {y.dtype} {y.shape}; {fix}")
+    if x.min() < 0 or x.max() > 255 or y.min() < 0 or y.max() >= n_classes:
+        raise CnnlabError(f"CIFAR file {path} holds pixel values or labels out of range; {fix}")
+    return x.astype(np.uint8, copy=False), y.astype(np.int64)
 
 
 def _extract_tar(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
-            target = (dest / member.name).resolve()
-            if not str(target).startswith(str(dest.resolve())) or not (member.isfile() or member.isdir()):
-                raise CnnlabError(f"{archive} holds an unsafe entry '{member.name}'; delete the archive")
-        tar.extractall(dest)  # noqa: S202 - every member was checked above
+    """Extract ``archive`` into ``dest`` through a temporary folder, so a failed or killed
+    extraction never leaves a half-written dataset that looks complete."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-extract-", dir=dest))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                target = (tmp / member.name).resolve()
+                if not target.is_relative_to(tmp.resolve()) or not (member.isfile() or member.isdir()):
+                    raise CnnlabError(f"{archive} holds an unsafe entry '{member.name}'; delete the archive")
+            tar.extractall(tmp)  # noqa: S202 - every member was checked above
+        for entry in tmp.iterdir():
+            final = dest / entry.name
+            if final.is_dir():
+                shutil.rmtree(final)
+            os.replace(entry, final)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise CnnlabError(f"cannot extract {archive} ({exc}); delete it so that it is downloaded again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_cifar(name: str, cfg: DataConfig) -> RawData:
-    """Load CIFAR-10 or CIFAR-100 from the python-pickle folder, downloading it if allowed."""
+    """Load CIFAR-10 or CIFAR-100 from the python-pickle folder, downloading it if allowed.
+
+    Raises:
+        CnnlabError: missing and not downloadable, or a file that is not what CIFAR
+            publishes (named, with the fix: delete it and download again).
+    """
     spec = _CIFAR[name]
     home = data_home(cfg)
     candidates = [home / spec["folder"], home / name / spec["folder"]]
@@ -213,14 +282,18 @@ def load_cifar(name: str, cfg: DataConfig) -> RawData:
             raise CnnlabError(f"{name} is not on this machine and {exc}; use --data-root DIR") from None
         _extract_tar(archive, home)
         folder = home / spec["folder"]
-    meta = _load_cifar_batch(folder / spec["meta"])
-    classes = tuple(str(c) for c in meta[spec["names_key"]])
+    meta_path = folder / spec["meta"]
+    names = _load_cifar_batch(meta_path, (spec["names_key"],))[spec["names_key"]]
+    if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(c, (str, bytes)) for c in names):
+        raise CnnlabError(f"CIFAR file {meta_path} has no list of class names; delete {folder} so that it is downloaded again")
+    classes = tuple(c.decode("latin1") if isinstance(c, bytes) else c for c in names)
 
     def part(files: list[str]) -> ImageSet:
-        batches = [_load_cifar_batch(folder / f) for f in files]
-        x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches]).reshape(-1, 3, 32, 32)
-        y = np.concatenate([np.asarray(b[spec["label_key"]], dtype=np.int64) for b in batches])
-        return ImageSet(x, y, classes)
+        arrays = [
+            _cifar_images(folder / f, _load_cifar_batch(folder / f, ("data", spec["label_key"])), spec["label_key"], len(classes))
+            for f in files
+        ]
+        return ImageSet(np.concatenate([x for x, _ in arrays]), np.concatenate([y for _, y in arrays]), classes)
 
     files = [folder / f for f in [*spec["train"], *spec["test"], spec["meta"]]]
     return RawData(part(spec["train"]), part(spec["test"]), None, f"{name} ({folder})", _stat_fingerprint(name, files))
@@ -253,24 +326,12 @@ def load_synthetic(cfg: DataConfig, options: dict[str, str]) -> RawData:
 
     Options (``synthetic:key=value,...``): ``classes`` (4), ``n`` training images (2000),
     ``test`` images (n // 4), ``size`` in px (32, or ``data.image_size``), ``channels``
-    (3, or ``data.channels``), ``noise`` std in pixel levels (20), ``seed`` (0).
+    (3, or ``data.channels``), ``noise`` std in pixel levels (20), ``seed`` (0); their
+    ranges are ``cnnlab.config.SYNTHETIC_OPTIONS``, checked when the DataConfig was built.
     """
-    valid = {"classes", "n", "test", "size", "channels", "noise", "seed"}
-    unknown = set(options) - valid
-    if unknown:
-        raise CnnlabError(f"unknown synthetic option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
-    try:
-        k = int(options.get("classes", 4))
-        n = int(options.get("n", 2000))
-        n_test = int(options.get("test", n // 4))
-        size = int(options.get("size", cfg.image_size or 32))
-        channels = int(options.get("channels", cfg.channels or 3))
-        noise = float(options.get("noise", 20))
-        seed = int(options.get("seed", 0))
-    except ValueError as exc:
-        raise CnnlabError(f"bad synthetic option: {exc}") from None
-    if k < 2 or n < k or size < 8 or channels not in (1, 3):
-        raise CnnlabError("synthetic needs classes >= 2, n >= classes, size >= 8 and channels 1 or 3")
+    spec = source_options(cfg.source, image_size=cfg.image_size, channels=cfg.channels)
+    k, n, n_test, size, channels = (int(spec[key]) for key in ("classes", "n", "test", "size", "channels"))
+    noise, seed = float(spec["noise"]), int(spec["seed"])
     classes = tuple(f"class{i}" for i in range(k))
     train = generate(n, k, size, channels, noise, seed=seed * 2)
     test = generate(n_test, k, size, channels, noise, seed=seed * 2 + 1)

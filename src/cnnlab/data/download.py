@@ -54,8 +54,15 @@ def download(
             lists what each mirror did.
     """
     dest = Path(dest_dir) / filename
-    if dest.is_file() and md5sum(dest) == md5:
-        return dest
+    try:
+        # Made here, so that a folder that cannot exist is not reported as every mirror failing.
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_file() and md5sum(dest) == md5:
+            return dest
+    except OSError as exc:
+        raise CnnlabError(
+            f"cannot write {filename} to {dest.parent}: {exc.strerror or exc}; use --data-root DIR with a writable folder"
+        ) from None
     failures = []
     for base in mirrors:
         url = base + filename

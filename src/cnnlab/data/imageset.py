@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,10 +110,15 @@ class Splits:
 
 def _cached_stats(train: ImageSet, fingerprint: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     path = cache_dir("stats") / f"{fingerprint}.json"
+    # A cached file is only a hint: anything that is not one finite mean and one positive std
+    # per channel (a damaged or hand-edited file) is recomputed, never trusted.
     try:
         cached = json.loads(path.read_text())
-        return tuple(cached["mean"]), tuple(cached["std"])
-    except (OSError, ValueError, KeyError):
+        mean = tuple(float(v) for v in cached["mean"])
+        std = tuple(float(v) for v in cached["std"])
+        if len(mean) == len(std) == train.image_shape[0] and all(map(math.isfinite, mean + std)) and min(std) > 0:
+            return mean, std
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     mean, std = channel_stats(train.images)
     atomic_write_json(path, {"mean": list(mean), "std": list(std), "count": len(train)})

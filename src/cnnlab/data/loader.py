@@ -180,16 +180,19 @@ class DeviceLoader:
 
 
 def sample_batch(
-    source: str, n: int = 64, root: str | None = None, *, split: str = "train", seed: int = 0
+    source: str, n: int = 64, root: str | None = None, *, split: str = "train", seed: int = 0,
+    allow_outside_root: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """A normalised float batch of ``n`` random images of a data source (for inspection).
+
+    ``allow_outside_root`` lets a CSV source list files outside its folder (``DataConfig``).
 
     Returns:
         ``(x, y, classes)``: x float32 (n, C, H, W) standardised with the training
         split's statistics, y int64 (n,).
     """
 
-    splits = load_splits(DataConfig(source=source, root=root))
+    splits = load_splits(DataConfig(source=source, root=root, allow_outside_root=allow_outside_root))
     part = splits.split(split)
     if len(part) == 0:
         raise CnnlabError(f"the {split} split of {source} is empty")

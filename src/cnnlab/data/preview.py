@@ -7,6 +7,7 @@ import torch
 
 from cnnlab.data.augment import build_augment
 from cnnlab.data.imageset import ImageSet
+from cnnlab.errors import CnnlabError
 
 
 def augmented_views(
@@ -17,7 +18,15 @@ def augmented_views(
     Returns:
         ``(originals, augmented, labels)``: uint8 (n, C, H, W), uint8 (n, views, C, H, W)
         and int64 (n,), produced by the same batched code path the loader uses.
+
+    Raises:
+        CnnlabError: ``images`` is empty.
+        ValueError: ``n`` or ``views`` is below 1.
     """
+    if n < 1 or views < 1:
+        raise ValueError(f"n and views must be at least 1, got n={n}, views={views}")
+    if len(images) == 0:
+        raise CnnlabError("there are no images to show (the split is empty)")
     rng = np.random.default_rng(seed)
     k = len(images.classes)
     picks = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, parse_source
 from cnnlab.data.builtin import SOURCES
 from cnnlab.data.images import load_csv, load_image_folder
 from cnnlab.data.imageset import (
@@ -76,21 +76,12 @@ def _named_sources() -> dict[str, Callable[[DataConfig, dict[str, str]], RawData
     return dict(SOURCES)
 
 
-def parse_source(source: str) -> tuple[str, dict[str, str]]:
-    """Split ``name:k=v,k=v`` into the name and its options."""
-    name, _, rest = source.partition(":")
-    options: dict[str, str] = {}
-    if rest:
-        for item in rest.split(","):
-            key, eq, value = item.partition("=")
-            if not eq or not key.strip():
-                raise CnnlabError(f"bad option '{item}' in data source '{source}'; write name:key=value,key=value")
-            options[key.strip()] = value.strip()
-    return name.strip().lower(), options
-
-
 def load_raw(cfg: DataConfig) -> RawData:
-    """Load the source named by ``cfg.source`` without making the held-out splits."""
+    """Load the source named by ``cfg.source`` without making the held-out splits.
+
+    The spec's grammar and a built-in dataset's options were checked when ``cfg`` was
+    built (:func:`cnnlab.config.source_options`), before any work.
+    """
     named = _named_sources()
     name, options = parse_source(cfg.source)
     if name in named:

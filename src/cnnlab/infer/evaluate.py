@@ -9,17 +9,21 @@ with the *training* mean/std stored in the checkpoint, as at training time.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cnnlab.config import DataConfig, from_dict, merge
 from cnnlab.data.sources import Splits, load_splits
-from cnnlab.errors import CnnlabError
+from cnnlab.checkpoint import resolve_checkpoint
+from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.infer.outputs import EVAL_FILES, check_output_dir, is_run_folder, same_folder, write_error, writable_folder_problem
 from cnnlab.infer.predict import Predictor, load_predictor
 from cnnlab.io import atomic_write_json
 from cnnlab.report.plots import captioned_grid, confusion_plot
@@ -47,6 +51,10 @@ class EvalReport:
         labels: int64 (N,) true classes.
         images: uint8 (N, C, H, W) the evaluated images (for the top-losses grid).
         warnings: things the user should know about the numbers.
+        changed: data settings that differ from those of the data evaluated by default
+            (``{"image_size": 64}``); they name the output folder.
+        folder_default: whether ``checkpoint`` is the model its folder stands for
+            (best.pt, else last.pt); another file's results get their own folder.
     """
 
     checkpoint: Path
@@ -62,6 +70,8 @@ class EvalReport:
     labels: np.ndarray
     images: np.ndarray
     warnings: tuple[str, ...] = ()
+    changed: dict[str, Any] = field(default_factory=dict)
+    folder_default: bool = True
 
     def top_losses(self, limit: int = TOP_LOSSES) -> np.ndarray:
         """Indices of the misclassified images with the highest loss, highest first."""
@@ -77,7 +87,8 @@ class EvalReport:
             for i in self.top_losses(limit)
         ]  # fmt: skip
         return {"checkpoint": str(self.checkpoint), "model": self.model, "data": self.data_name, "source": self.source,
-                "split": self.split, "own_data": self.own_data, "tta": self.tta, "loss": self.loss,
+                "split": self.split, "own_data": self.own_data, "tta": self.tta, "settings": dict(self.changed),
+                "loss": self.loss,
                 **self.metrics.as_dict(), "top_losses": worst, "warnings": list(self.warnings)}  # fmt: skip
 
 
@@ -93,6 +104,10 @@ def top_losses(probs: np.ndarray, labels: np.ndarray, limit: int = TOP_LOSSES) -
     return wrong[np.argsort(-loss, kind="stable")][:limit]
 
 
+# DataConfig fields that do not change what is evaluated (where the files are, whether to download).
+_NOT_A_SETTING = frozenset({"source", "root", "download", "allow_outside_root", "augment"})
+
+
 def eval_data_config(pred: Predictor, overrides: Mapping[str, Any] | None = None) -> tuple[DataConfig, bool]:
     """The data configuration to evaluate on, and whether it is the model's own data.
 
@@ -102,17 +117,49 @@ def eval_data_config(pred: Predictor, overrides: Mapping[str, Any] | None = None
             ``source`` other than the training one starts from that source's defaults,
             with ``image_size`` and ``channels`` set to the model's input shape.
     """
+    cfg, own, _ = eval_data_setting(pred, overrides)
+    return cfg, own
+
+
+def eval_data_setting(
+    pred: Predictor, overrides: Mapping[str, Any] | None = None
+) -> tuple[DataConfig, bool, dict[str, Any]]:
+    """:func:`eval_data_config`, and the settings that differ from the default evaluation of that data.
+
+    Returns:
+        ``(cfg, own_data, changed)``: ``changed`` maps each ``DataConfig`` field whose value
+        differs from the one used without overrides (e.g. ``{"image_size": 64}``) to its value.
+
+    Raises:
+        UsageError: an override is invalid.
+        CnnlabError: the model file records no (or an invalid) training data configuration.
+    """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     trained_on = (pred.config or {}).get("data")
     new_source = "source" in overrides and (trained_on is None or overrides["source"] != trained_on.get("source"))
     if new_source:
         c, h, _ = pred.image_shape
-        base: dict[str, Any] = {"image_size": h, "channels": c}
+        base: dict[str, Any] = {"source": overrides["source"], "image_size": h, "channels": c}
     elif trained_on is None:
         raise CnnlabError(f"{pred.path} does not record the data it was trained on; choose the data with --data")
     else:
         base = {**trained_on, "augment": ""}  # augmentation never applies to evaluation
-    return from_dict(DataConfig, merge(base, overrides), where="data"), not new_source
+    try:
+        default = from_dict(DataConfig, base, where="data")
+    except CnnlabError as exc:  # the model file's record, not what the user typed
+        raise CnnlabError(f"{pred.path} records a data configuration this cnnlab cannot use: {exc}") from None
+    cfg = from_dict(DataConfig, merge(base, overrides), where="data")
+    # None means "the source's own"; the images the model was trained on had its input shape.
+    c, h, _ = pred.image_shape
+    shape = {"image_size": h, "channels": c}
+
+    def value(config: DataConfig, name: str) -> Any:
+        got = getattr(config, name)
+        return shape[name] if got is None and name in shape else got
+
+    changed = {f.name: getattr(cfg, f.name) for f in fields(DataConfig)
+               if f.name not in _NOT_A_SETTING and value(cfg, f.name) != value(default, f.name)}  # fmt: skip
+    return cfg, not new_source, changed
 
 
 def _load_eval_splits(pred: Predictor, cfg: DataConfig, own: bool) -> tuple[Splits, list[str]]:
@@ -140,6 +187,131 @@ def _load_eval_splits(pred: Predictor, cfg: DataConfig, own: bool) -> tuple[Spli
     return splits, notes
 
 
+@dataclass
+class Evaluation:
+    """An evaluation decided but not yet run: the model, the data settings, the output folder.
+
+    Made by :func:`plan_evaluation`, so that the output folder can be checked (and a bad
+    one refused) before any data is decoded or evaluated.
+
+    Attributes:
+        pred: the loaded model.
+        cfg: the data configuration to evaluate on.
+        own_data: whether it is the data the model was trained on.
+        split: train, val or test.
+        tta: flip test-time augmentation.
+        changed: data settings that differ from the default evaluation of that data.
+        folder_default: whether the model file is the one its folder stands for.
+    """
+
+    pred: Predictor
+    cfg: DataConfig
+    own_data: bool
+    split: str
+    tta: bool
+    changed: dict[str, Any]
+    folder_default: bool
+
+    def default_output_dir(self) -> Path:
+        """Where the results go without ``--out`` (see :func:`default_output_dir`)."""
+        return _default_dir(self.pred.path, self.own_data, self.cfg.source, self.split, self.tta, self.changed,
+                            self.folder_default)  # fmt: skip
+
+    def output_dir(self, out_dir: str | Path | None = None, *, force: bool = False) -> Path:
+        """The folder for the results, checked before any work (see :mod:`cnnlab.infer.outputs`).
+
+        The default folder belongs to this exact evaluation (model file, data, split and
+        settings), so an earlier result of the same evaluation is replaced there. ``out_dir``
+        must not be another run's folder, nor the model's own run folder unless this is
+        the evaluation that belongs there; earlier results in it are replaced only with
+        ``force``.
+
+        Raises:
+            UsageError: the folder is refused; the message says why and what to do.
+        """
+        default = self.default_output_dir()
+        if out_dir is None:
+            problem = writable_folder_problem(default)
+            if problem:
+                raise UsageError(f"cannot write the evaluation into {default}: {problem}; pass --out DIR")
+            return default
+        out = check_output_dir(out_dir, EVAL_FILES, flag="--out", force=force, own_run=self.pred.path.parent)
+        if is_run_folder(out) and not same_folder(out, default):
+            raise UsageError(
+                f"--out {out} is the model's own run folder, whose eval.json is the default evaluation "
+                f"(its test split, the training settings); this one ({self.describe()}) goes to "
+                f"{default} by default, or choose another --out"
+            )
+        return out
+
+    def describe(self) -> str:
+        """The evaluation's choices that differ from the default one, in words."""
+        parts = [] if self.folder_default else [self.pred.path.name]
+        parts += [] if self.own_data else [f"data {self.cfg.source}"]
+        parts += [f"{self.split} split", *(f"{k}={v}" for k, v in self.changed.items())]
+        return ", ".join(parts + (["tta"] if self.tta else []))
+
+    def run(self, batch_size: int | None = None) -> EvalReport:
+        """Decode the data and evaluate the model on the split.
+
+        Raises:
+            CnnlabError: unreadable data, empty split, mismatched classes or shape.
+        """
+        pred, cfg = self.pred, self.cfg
+        splits, notes = _load_eval_splits(pred, cfg, self.own_data)
+        if splits.skipped:
+            notes.append(f"{len(splits.skipped)} unreadable file(s) of {splits.name} were skipped")
+        part = splits.split(self.split)
+        if len(part) == 0:
+            raise CnnlabError(f"the {self.split} split of {splits.name} is empty; choose another --split")
+        batch_size = batch_size or int((pred.config or {}).get("train", {}).get("eval_batch_size", 512))
+        result = evaluate(pred.model, pred.loader(part, batch_size), pred.runtime, tta=self.tta, keep_outputs=True)
+        assert result.logits is not None and result.labels is not None  # keep_outputs=True
+        metrics = classification_metrics(result.logits, result.labels, pred.classes)
+        bad = int((~torch.isfinite(result.logits).all(1)).sum())
+        if bad:  # the accuracy counts their argmax, which means nothing
+            notes.append(f"the model's outputs are NaN/inf for {bad} of {len(part)} images; "
+                         "the loss and accuracy are not meaningful")  # fmt: skip
+        return EvalReport(
+            checkpoint=pred.path, model=str(pred.model_args.get("name", "model")), data_name=splits.name,
+            source=cfg.source, split=self.split, own_data=self.own_data, tta=self.tta, loss=result.loss,
+            metrics=metrics, probs=result.logits.softmax(1).numpy(), labels=result.labels.numpy(),
+            images=part.images, warnings=tuple(notes), changed=dict(self.changed), folder_default=self.folder_default,
+        )  # fmt: skip
+
+
+def plan_evaluation(
+    checkpoint: str | Path,
+    *,
+    data: Mapping[str, Any] | None = None,
+    split: str = "test",
+    tta: bool = False,
+    device: str = "auto",
+) -> Evaluation:
+    """Load the model and settle what will be evaluated (nothing is decoded or written yet).
+
+    Args:
+        checkpoint: run folder (best.pt, else last.pt), ``.pt`` or ``.safetensors`` file.
+        data: ``DataConfig`` overrides (see :func:`eval_data_config`); None: the training data.
+        split: train, val or test.
+        tta: average the softmax of each image and its mirror image.
+        device: auto, cpu, cuda or cuda:N.
+
+    Raises:
+        UsageError: an invalid data override or split.
+        CnnlabError: unreadable or non-cnnlab model file.
+    """
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"the split must be train, val or test, got {split!r}")
+    pred = load_predictor(checkpoint, device=device)
+    cfg, own, changed = eval_data_setting(pred, data)
+    try:
+        folder_default = resolve_checkpoint(pred.path.parent).samefile(pred.path)
+    except (CnnlabError, OSError):
+        folder_default = False
+    return Evaluation(pred, cfg, own, split, tta, changed, folder_default)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
@@ -162,40 +334,70 @@ def evaluate_checkpoint(
     Raises:
         CnnlabError: unreadable checkpoint or data, empty split, mismatched classes or shape.
     """
-    pred = load_predictor(checkpoint, device=device)
-    cfg, own = eval_data_config(pred, data)
-    splits, notes = _load_eval_splits(pred, cfg, own)
-    if splits.skipped:
-        notes.append(f"{len(splits.skipped)} unreadable file(s) of {splits.name} were skipped")
-    part = splits.split(split)
-    if len(part) == 0:
-        raise CnnlabError(f"the {split} split of {splits.name} is empty; choose another --split")
-    batch_size = batch_size or int((pred.config or {}).get("train", {}).get("eval_batch_size", 512))
-    result = evaluate(pred.model, pred.loader(part, batch_size), pred.runtime, tta=tta, keep_outputs=True)
-    assert result.logits is not None and result.labels is not None  # keep_outputs=True
-    metrics = classification_metrics(result.logits, result.labels, pred.classes)
-    return EvalReport(
-        checkpoint=pred.path, model=str(pred.model_args.get("name", "model")), data_name=splits.name, source=cfg.source,
-        split=split, own_data=own, tta=tta, loss=result.loss, metrics=metrics,
-        probs=result.logits.softmax(1).numpy(), labels=result.labels.numpy(), images=part.images,
-        warnings=tuple(notes),
-    )  # fmt: skip
+    return plan_evaluation(checkpoint, data=data, split=split, tta=tta, device=device).run(batch_size)
 
 
 def default_output_dir(report: EvalReport) -> Path:
-    """The run folder for its own test split; ``eval-<split>`` or ``eval-<data>-<split>`` inside it otherwise
-    (so evaluating other data never overwrites the run's own results)."""
-    run = report.checkpoint.parent
-    if report.own_data and report.split == "test":
-        return run
-    if report.own_data:
-        return run / f"eval-{report.split}"
-    name = Path(report.source.split(":")[0].rstrip("/\\")).name or "data"
-    return run / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{report.split}"
+    """Where an evaluation's files go by default.
+
+    The run folder itself for the default evaluation (the folder's own model, on its own
+    data's test split, with the training settings); otherwise a folder inside it named
+    ``eval-<model file>-<data>-<split>-<settings>`` with only the parts that differ
+    (``eval-val``, ``eval-test-size64``, ``eval-last-test``, ``eval-photos-test-tta``).
+    So another setting never overwrites the run's own results, and the same one
+    replaces its own earlier result.
+    """
+    return _default_dir(report.checkpoint, report.own_data, report.source, report.split, report.tta, report.changed,
+                        report.folder_default)  # fmt: skip
+
+
+def _label(text: str) -> str:
+    """``text`` as a safe part of a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "x"
+
+
+# How a changed data setting reads in a folder name: --image-size 64 -> size64.
+_SETTING_LABELS = {"image_size": "size", "channels": "ch", "val_split": "valsplit", "test_split": "testsplit",
+                   "split_seed": "splitseed", "normalize": "", "class_subset": "classes"}  # fmt: skip
+
+
+def _setting_label(key: str, value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = "_".join(map(str, value))
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return _label(f"{_SETTING_LABELS.get(key, key)}{value}")
+
+
+def _source_label(source: str) -> str:
+    """A folder-name part for another data source: its name, and a short digest of the whole
+    spec or path unless it is a bare dataset name (``synthetic:n=60`` and ``synthetic:n=600``,
+    or ``a/photos`` and ``b/photos``, must not share a folder)."""
+    name = _label(Path(source.split(":")[0].rstrip("/\\")).name or "data")
+    if re.fullmatch(r"[A-Za-z0-9_-]+", source):
+        return name
+    try:
+        full = str(Path(source).expanduser().resolve()) if ":" not in source or Path(source).exists() else source
+    except (OSError, RuntimeError):
+        full = source
+    return f"{name}-{hashlib.sha1(full.encode('utf-8', 'surrogateescape')).hexdigest()[:6]}"
+
+
+def _default_dir(checkpoint: Path, own_data: bool, source: str, split: str, tta: bool,
+                 changed: Mapping[str, Any], folder_default: bool) -> Path:  # fmt: skip
+    parts = [] if folder_default else [_label(checkpoint.name.removesuffix(".pt"))]
+    if not own_data:
+        parts.append(_source_label(source))
+    settings = [_setting_label(k, v) for k, v in sorted(changed.items())] + (["tta"] if tta else [])
+    if not parts and not settings and split == "test":
+        return checkpoint.parent
+    return checkpoint.parent / "-".join(["eval", *parts, split, *settings])
 
 
 def write_report(report: EvalReport, out_dir: str | Path | None = None, *, limit: int = TOP_LOSSES) -> dict[str, Path]:
     """Write ``eval.json``, ``confusion.png`` and ``top_losses.png``.
+
+    The folder is not checked here: :meth:`Evaluation.output_dir` checks it before the work.
 
     Args:
         report: what :func:`evaluate_checkpoint` returned.
@@ -204,13 +406,24 @@ def write_report(report: EvalReport, out_dir: str | Path | None = None, *, limit
 
     Returns:
         ``{"json": ..., "confusion": ..., "top_losses": ...}`` paths.
+
+    Raises:
+        CnnlabError: the folder or a file cannot be written.
     """
     out = Path(out_dir) if out_dir is not None else default_output_dir(report)
-    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "eval.json", "confusion": out / "confusion.png", "top_losses": out / "top_losses.png"}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_files(report, paths, limit)
+    except OSError as exc:
+        raise write_error(exc.filename or out, exc) from None
+    return paths
+
+
+def _write_files(report: EvalReport, paths: dict[str, Path], limit: int) -> None:
     m = report.metrics
     tta = ", flip TTA" if report.tta else ""
     title = f"{report.model} on {report.data_name}, {report.split} split{tta}: accuracy {m.accuracy:.2%} (n={m.n})"
-    paths = {"json": out / "eval.json", "confusion": out / "confusion.png", "top_losses": out / "top_losses.png"}
     atomic_write_json(paths["json"], report.as_dict(limit))
     confusion_plot(m.confusion, m.classes, paths["confusion"], title=title)
     idx = report.top_losses(limit)
@@ -220,4 +433,3 @@ def write_report(report: EvalReport, out_dir: str | Path | None = None, *, limit
     images = [np.asarray(report.images[i]) for i in idx]
     captioned_grid(images, captions, paths["top_losses"],
                    title=f"top losses: the {len(idx)} most confidently wrong of {m.n} {report.split} images")  # fmt: skip
-    return paths

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.checkpoint import resolve_checkpoint
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.infer.outputs import check_output_file, write_error
 from cnnlab.infer.predict import Predictor, load_predictor
 from cnnlab.infer.saved import META_KEY, load_safetensors_model
 from cnnlab.io import atomic_path
@@ -172,26 +174,62 @@ def export_safetensors(pred: Predictor, output: str | Path, *, tolerance: float 
 _EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}
 
 
+def export_target(checkpoint: str | Path, fmt: str, output: str | Path | None = None, *, force: bool = False) -> Path:
+    """The file an export will be written to, checked before any work (see :mod:`cnnlab.infer.outputs`).
+
+    ``output`` may be a file, or a folder to put the default name in (an existing folder,
+    or a path ending in ``/``); ``None`` means next to the checkpoint (:func:`default_output`).
+
+    Raises:
+        CnnlabError: the checkpoint does not exist.
+        UsageError: the path would replace the checkpoint itself, a file of a run folder
+            (even with ``force``), or an existing file (without ``force``); a folder on its
+            way is a file, or is not writable.
+    """
+    if fmt not in _EXPORTERS:
+        raise UsageError(f"unknown export format '{fmt}'; choose one of {', '.join(_EXPORTERS)}")
+    source = resolve_checkpoint(checkpoint)
+    default = default_output(source, fmt)
+    if output is None:
+        target = default
+    elif str(output).endswith(("/", os.sep)) or Path(output).is_dir():  # a folder: the default name in it
+        if not str(output).strip():
+            raise UsageError("-o is empty; give the export's file name or folder")
+        target = Path(output) / default.name
+    else:
+        target = Path(output)
+    if target.exists() and _same_file(target, source):
+        raise UsageError(f"refusing to overwrite the checkpoint {source} with its own export; choose another -o")
+    return check_output_file(target, flag="-o", force=force, own_run=source.parent, kind=f"{fmt} export")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 def export_model(
-    checkpoint: str | Path, fmt: str, output: str | Path | None = None, *, tolerance: float = TOLERANCE
+    checkpoint: str | Path, fmt: str, output: str | Path | None = None, *, tolerance: float = TOLERANCE, force: bool = False
 ) -> ExportResult:
     """Load a checkpoint (or run folder, or safetensors file) on the CPU and export it.
 
     Args:
         checkpoint: run folder, ``.pt`` checkpoint or ``.safetensors`` export.
         fmt: ``onnx``, ``torchscript`` or ``safetensors``.
-        output: the file to write (default: next to the checkpoint, see :func:`default_output`).
+        output: the file to write, or a folder for the default name (default: next to
+            the checkpoint, see :func:`default_output`).
         tolerance: largest allowed |exported - PyTorch| logit on the check batch.
+        force: replace an existing file (never the checkpoint or a run folder's own files).
 
     Raises:
-        CnnlabError: unknown format, unreadable checkpoint, failed export or check.
+        UsageError: unknown format, or an output path refused by :func:`export_target`.
+        CnnlabError: unreadable checkpoint, failed export or check, a failed write.
     """
-    if fmt not in _EXPORTERS:
-        raise CnnlabError(f"unknown export format '{fmt}'; choose one of {', '.join(_EXPORTERS)}")
+    target = export_target(checkpoint, fmt, output, force=force)  # before loading: a typo fails fast
     pred = load_predictor(checkpoint, device="cpu")  # exports are float32 CPU graphs
-    target = Path(output) if output is not None else default_output(checkpoint, fmt)
-    if target.is_dir():
-        target = target / default_output(checkpoint, fmt).name
-    if target.resolve() == pred.path.resolve():
-        raise CnnlabError(f"refusing to overwrite the checkpoint {pred.path}; choose another -o")
-    return _EXPORTERS[fmt](pred, target, tolerance=tolerance)
+    try:
+        return _EXPORTERS[fmt](pred, target, tolerance=tolerance)
+    except OSError as exc:
+        raise write_error(target, exc) from None

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from cnnlab.config import TrainConfig
+from cnnlab.data.decode import readable
 from cnnlab.data.images import IMAGE_SUFFIXES, decode_image, parallel_map
 from cnnlab.data.imageset import ImageSet
 from cnnlab.data.loader import DeviceLoader
@@ -57,10 +58,12 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for a JSON line."""
+        # A file name that is not UTF-8 is shown with \xNN escapes: a lone surrogate is not valid JSON text.
+        name = readable(self.path)
         if self.error is not None:
-            return {"file": self.path, "error": self.error}
+            return {"file": name, "error": self.error}
         top = [{"class": c, "index": i, "prob": p} for c, i, p in zip(self.classes, self.indices, self.probs)]
-        return {"file": self.path, "predictions": top}
+        return {"file": name, "predictions": top}
 
 
 @dataclass
@@ -154,6 +157,9 @@ class Predictor:
                 continue
             p = probs[row]
             row += 1
+            if not np.isfinite(p).all():  # a model that overflows on this input: no class can be named
+                yield Prediction(file, error="the model's output is not finite (NaN/inf) for this image")
+                continue
             top = np.argsort(-p, kind="stable")[:k]
             yield Prediction(file, tuple(int(i) for i in top), tuple(self.classes[i] for i in top),
                              tuple(float(p[i]) for i in top))  # fmt: skip
@@ -174,7 +180,8 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     image suffix (``.png``, ``.jpg``, ...) are taken.
 
     Raises:
-        CnnlabError: a path does not exist, or a folder holds no image files.
+        CnnlabError: a path does not exist or is not a file or folder (a device, a pipe),
+            or a folder holds no image files.
     """
     found: list[Path] = []
     for p in map(Path, paths):
@@ -186,6 +193,8 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
             found += files
         elif p.is_file():
             found.append(p)
+        elif p.exists():  # a device or a pipe: reading it could block or never end
+            raise CnnlabError(f"{p} is not a regular file or folder; pass image files or folders of images")
         else:
             raise CnnlabError(f"{p} does not exist; pass image files or folders of images")
     return found

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import UsageError
 from cnnlab.models.diagnostics import activation_stats, gradient_stats
 
 # The small CNN most experiments vary: fast on a CPU, with a hidden FC layer for dropout.
@@ -224,5 +224,5 @@ _register(Experiment(
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``; a one-line error listing the others."""
     if name not in EXPERIMENTS:
-        raise CnnlabError(f"unknown experiment '{name}'; `cnnlab lab list` shows them: {', '.join(EXPERIMENTS)}")
+        raise UsageError(f"unknown experiment '{name}'; `cnnlab lab list` shows them: {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[name]

@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from cnnlab.config import RunConfig, load_run_config, merge
-from cnnlab.errors import CnnlabError, TrainingDiverged
+from cnnlab.config import Range, RunConfig, TrainConfig, check_model_options, field_range, load_run_config, merge
+from cnnlab.errors import CnnlabError, TrainingDiverged, UsageError
 from cnnlab.infer.evaluate import evaluate_checkpoint
-from cnnlab.io import atomic_write_json, atomic_write_text
+from cnnlab.io import LOCK_NAME, atomic_write_json, atomic_write_text, folder_lock
 from cnnlab.lab.experiments import Experiment, get_experiment
 from cnnlab.lab.verdict import Verdict, judge
 from cnnlab.report.plots import pyplot, save_figure
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 SMOKE_DATA = "synthetic:classes=4,n=400,size=16,channels=1"
 STATE_FILE = "lab.json"
 METRICS = ("test_acc", "train_acc", "val_acc", "gap", "train_err", "params", "seconds")
+MAX_SEEDS = 100  # seeds per arm; more is a typo (each seed is a full run of every arm)
+SEEDS_RANGE = Range(integer=True, lo=1, hi=MAX_SEEDS)
+BUDGET_RANGE = Range(lo=0, lo_open=True)  # seconds
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,20 @@ class LabSettings:
     batch_size: int = 128
     smoke: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)  # applied to every arm's model, last
+
+    def __post_init__(self) -> None:
+        # Checked here, before run_lab creates the lab folder: a refused setting leaves nothing behind.
+        SEEDS_RANGE.check(self.seeds, "lab seeds (--seeds)")
+        field_range(TrainConfig, "batch_size").check(self.batch_size, "lab batch_size (--batch-size)")
+        if self.epochs is not None:
+            field_range(TrainConfig, "epochs").check(self.epochs, "lab epochs (--epochs)")
+        if self.subset is not None:
+            field_range(TrainConfig, "train_subset").check(self.subset, "lab subset (--subset)")
+        if self.budget_seconds is not None:
+            BUDGET_RANGE.check(self.budget_seconds, "lab budget_seconds (--budget)")
+        if not isinstance(self.model_options, dict):
+            raise UsageError(f"lab model_options must be a mapping, got {self.model_options!r}")
+        check_model_options(self.model_options, "--model-opt")
 
 
 @dataclass
@@ -95,9 +112,24 @@ def arm_config(exp: Experiment, arm: str, settings: LabSettings, seed: int, epoc
 
 
 def run_lab(name: str, settings: LabSettings, out_dir: str | Path, *, verbose: bool = True) -> LabResult:
-    """Run (or continue) experiment ``name`` into ``out_dir``; see the module docstring."""
+    """Run (or continue) experiment ``name`` into ``out_dir``; see the module docstring.
+
+    Raises:
+        UsageError: a setting that no arm can run with (checked before the folder exists).
+        CnnlabError: ``out_dir`` holds another lab, or another process is running this one.
+    """
     exp = get_experiment(name)
     out_dir = Path(out_dir)
+    # Every arm's config is built (and so validated) before the lab folder is created, so a
+    # refused setting leaves no folder that would then refuse the corrected rerun.
+    for arm in exp.arms:
+        arm_config(exp, arm.name, settings, 0, settings.epochs or 1)
+    with folder_lock(out_dir, "lab"):
+        return _run_locked(exp, settings, out_dir, verbose)
+
+
+def _run_locked(exp: Experiment, settings: LabSettings, out_dir: Path, verbose: bool) -> LabResult:
+    """``run_lab`` once the settings are checked and the lab folder is locked."""
     state = _load_state(out_dir, exp, settings)
     if state.get("epochs") is None:
         state["epochs"] = _choose_epochs(exp, settings)
@@ -117,13 +149,28 @@ def run_lab(name: str, settings: LabSettings, out_dir: str | Path, *, verbose: b
 def _load_state(out_dir: Path, exp: Experiment, settings: LabSettings) -> dict[str, Any]:
     path = out_dir / STATE_FILE
     if path.is_file():
-        state = json.loads(path.read_text())
+        reason = "not a JSON object"
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            state, reason = None, str(exc)
+        if not isinstance(state, dict):
+            # Not ours to repair: the runs next to it may be someone's hours of training.
+            raise CnnlabError(f"{path} is damaged ({reason}); "
+                              "remove it to start this lab again (finished runs are kept), or choose another --out")  # fmt: skip
         if state.get("experiment") == exp.name and state.get("settings") == asdict(settings):
             return state
         # a start that stopped before any run (a budget too small) has nothing to keep: replaced below
         if state.get("epochs") is not None or (out_dir / "runs").exists():
             raise CnnlabError(f"{out_dir} holds another lab run ({state.get('experiment')}, other settings); "
                               "choose another --out or rerun it with the same settings to resume")  # fmt: skip
+    else:
+        # A folder that holds anything but our lock is someone else's: the lab's results.csv,
+        # table.md, plot.png and runs/ would overwrite or mix with its files.
+        others = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_NAME) if out_dir.is_dir() else []
+        if others:
+            raise UsageError(f"{out_dir} is not empty and holds no lab ({', '.join(others[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}); choose a new or empty --out")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"experiment": exp.name, "settings": asdict(settings), "epochs": settings.epochs, "finished": False}
     atomic_write_json(path, state)
@@ -203,7 +250,12 @@ def _measure(exp: Experiment, arm: str, settings: LabSettings, seed: int, run: P
     """The run's metrics (cached in ``lab_metrics.json`` next to its summary)."""
     cache = run / "lab_metrics.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        try:
+            cached = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            cached = None  # a damaged cache is measured again below
+        if isinstance(cached, dict):
+            return cached
     folder = RunFolder(run)
     summary = folder.read_summary()
     if summary is None:  # _run_arm measures only finished runs

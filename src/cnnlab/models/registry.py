@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cnnlab.errors import CnnlabError
+from cnnlab.config import RESERVED_MODEL_OPTIONS
+from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.models.base import ClassifierModel
 
 F = TypeVar("F", bound=Callable[..., ClassifierModel])
@@ -132,10 +134,38 @@ def create_model(name: str, **options: Any) -> ClassifierModel:
         bad = unknown[0]
         close = difflib.get_close_matches(bad, list(valid), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise CnnlabError(
-            f"model {name!r} has no option {bad!r}; {hint}valid options: {', '.join(valid)}"
+        # The data decides num_classes, in_chans and input_size: a run refuses them as options.
+        settable = [k for k in valid if k not in RESERVED_MODEL_OPTIONS]
+        raise UsageError(
+            f"model {name!r} has no option {bad!r}; {hint}valid options: {', '.join(settable)}"
         )
+    for key, value in options.items():
+        _check_option_value(name, key, value, valid[key])
     args = {**valid, **options}
-    model = info.factory(**args)
+    try:
+        model = info.factory(**args)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+        # A value of the right type that the factory still cannot use (a factory's own checks
+        # raise CnnlabError with a better message; this is the net under the others).
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise UsageError(f"model {name!r} cannot be built with {given or 'these options'}: {exc}") from None
     model.model_args = {"name": name, **args}
     return model
+
+
+def _check_option_value(model: str, key: str, value: Any, default: Any) -> None:
+    """Refuse an option value whose type differs from the factory default's (an int option given
+    ``abc`` or 2.5, a count below 1, a flag given 3); options without a default (None) pass."""
+    where = f"model {model!r} option {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        # the int options of the zoo are counts and sizes (width, kernel_size, in_chans, num_classes)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{where} must be an integer >= 1, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UsageError(f"{where} must be a finite number, got {value!r}")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise UsageError(f"{where} must be a word, got {value!r}")

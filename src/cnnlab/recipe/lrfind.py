@@ -39,7 +39,7 @@ import torch
 from cnnlab import checkpoint as ckpt
 from cnnlab.config import RunConfig
 from cnnlab.data.imageset import Splits
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.io import atomic_write_json
 from cnnlab.run import build_model, load_data
 from cnnlab.train.fit import build_loss, seed_everything
@@ -381,12 +381,13 @@ def lr_find(
 
 def _check_args(start: float, end: float, steps: int, diverge: float) -> None:
     """Reject settings that cannot give a curve, naming the flag to change."""
-    if not 0 < start < end:
-        raise CnnlabError(f"lr-find needs 0 < --start-lr < --end-lr, got {start:g} and {end:g}")
+    # UsageError: refused before any work (exit 2); nan fails every comparison, so it is refused too
+    if not 0 < start < end < float("inf"):
+        raise UsageError(f"lr-find needs 0 < --start-lr < --end-lr, got {start:g} and {end:g}")
     if steps < MIN_SKIP + 10:
-        raise CnnlabError(f"lr-find needs at least {MIN_SKIP + 10} --steps to read a curve, got {steps}")
-    if not diverge > 1:
-        raise CnnlabError(f"lr-find --diverge must be above 1 (a multiple of the minimum loss), got {diverge:g}")
+        raise UsageError(f"lr-find needs at least {MIN_SKIP + 10} --steps to read a curve, got {steps}")
+    if not 1 < diverge < float("inf"):
+        raise UsageError(f"lr-find --diverge must be above 1 (a multiple of the minimum loss), got {diverge:g}")
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, Any]:

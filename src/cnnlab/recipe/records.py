@@ -82,6 +82,7 @@ class SearchSettings:
     target_trials: int | None = None  # stop starting trials once this many are finished or running
     deadline: float | None = None  # time.time() after which no trial starts
     origin: dict[str, Any] | None = None  # e.g. the coarse search a refine stage narrowed from
+    data_fingerprint: str | None = None  # the base config's data: a study continues only on the same images
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

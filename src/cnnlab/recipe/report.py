@@ -67,7 +67,7 @@ def _header(report: ReportContext) -> str:
     status = "finished" if state.finished else "not finished (continue with <code>cnnlab recipe --resume " + esc(out_dir) + "</code>)"
     budget = state.options.get("budget_seconds")
     rows = [
-        ("data", esc(cfg["data"]["source"])), ("model", esc(cfg["model"]["name"])),
+        ("data", esc(cfg.get("data", {}).get("source", "-"))), ("model", esc(cfg.get("model", {}).get("name", "-"))),
         ("budget", esc(f"{budget / 60:.0f} min" if budget else "trial count")),
         ("time spent", esc(f"{state.spent_seconds / 60:.1f} min")), ("status", status),
         ("test accuracy (final model, evaluated once)", f"<b>{test:.2%}</b>" if test is not None else "-"),

@@ -15,21 +15,30 @@ processes can share: ``workers=N`` starts local ones, and ``cnnlab search --join
 one from anywhere that reaches the storage. Everything a worker needs (base config,
 space, stage settings) is stored in the study itself. After the stage, ``search.json``
 and ``best.yaml`` (the base config with the best values) are written to the search folder.
+
+A study is bound to what it measures: continuing it with other data, another model, another
+space or other trial settings is refused (naming what changed), as ``cnnlab train --resume``
+refuses a changed run. A study that lost trials its folder records (an emptied or replaced
+journal) is refused too, and a trial never writes into an existing folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from itertools import count
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.config import RunConfig, from_dict, to_dict
-from cnnlab.errors import CnnlabError, TrainingDiverged
+from cnnlab.errors import CnnlabError, TrainingDiverged, UsageError
+from cnnlab.io import folder_lock
 from cnnlab.recipe import storage as st
 from cnnlab.recipe.records import (  # noqa: F401 - re-exported
     SearchResult,
@@ -54,7 +63,7 @@ from cnnlab.recipe.workers import (
     stop_workers,
     threads_per_worker,
 )
-from cnnlab.run import run_training
+from cnnlab.run import load_data, run_training
 
 if TYPE_CHECKING:
     import optuna
@@ -68,24 +77,52 @@ DEFAULT_EPOCHS = {"coarse": 3, "refine": 8}  # per trial: short runs rank settin
 DEFAULT_TRIALS = {"coarse": 20, "refine": 10}  # when neither a trial count nor a time budget is given
 SETTINGS_ATTR = "cnnlab_search"  # study user attribute holding SearchSettings
 MAX_FAILURES_IN_A_ROW = 3  # a worker gives up after this many failed trials in a row (a broken config)
+# Base-config fields a continued study may change: they do not change what a trial measures
+# (train.epochs is the final training's length, written to best.yaml; the others say where
+# the data is or how fast it runs).
+FREE_TO_CHANGE = ("train.epochs", "train.device", "train.eval_batch_size", "train.checkpoint_minutes", "data.root",
+                  "data.download")  # fmt: skip
 
 def load_search(out_dir: str | Path, *, storage: str | None = None, study_name: str | None = None) -> SearchResult:
-    """The search in ``out_dir``: from its study when reachable (current), else its search.json."""
+    """The search in ``out_dir``: from its study when reachable (current), else its search.json.
+
+    A search.json whose storage URL had a password (masked when written) is reached with
+    the URL in ``CNNLAB_STORAGE`` when that names the same storage.
+
+    Raises:
+        CnnlabError: ``out_dir`` holds no search, or neither its study nor its search.json
+            can be read.
+    """
     out_dir = Path(out_dir)
-    saved_file = out_dir / "search.json"
-    saved = json.loads(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else None
-    url = storage or (saved or {}).get("storage")
+    if not out_dir.is_dir():
+        raise CnnlabError(f"{out_dir} is not a folder; give the --out folder of a `cnnlab search`")
+    saved, damage = _read_saved(out_dir / "search.json")
+    url = storage or (st.unmask(saved.storage) if saved else None)
     if url is None and (out_dir / st.JOURNAL_NAME).is_file():
         url = st.default_storage_url(out_dir)
     if url is None:
-        raise CnnlabError(f"{out_dir} holds no search (no search.json or {st.JOURNAL_NAME}); give the search's --out folder")
+        raise CnnlabError(damage or f"{out_dir} holds no search (no search.json or {st.JOURNAL_NAME}); give the search's --out folder")
     try:
-        study = _load_study(study_name or (saved or {}).get("study_name"), url)
+        study = _load_study(study_name or (saved.study_name if saved else None), url)
         return _collect(study, url)
-    except CnnlabError:
+    except CnnlabError as exc:
+        if saved is None and damage:
+            raise type(exc)(f"{exc} (and {damage})") from None
         if saved is None:
             raise
-        return SearchResult.from_dict(saved)
+        return saved  # a finished search's record is enough to read it (a report, a refine --from)
+
+
+def _read_saved(path: Path) -> tuple[SearchResult | None, str | None]:
+    """``search.json`` as a SearchResult, or (None, why it cannot be used)."""
+    if not path.is_file():
+        return None, None
+    try:
+        saved = SearchResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        saved.space  # noqa: B018 - parse it now: a broken space must not surface later as a traceback
+        return saved, None
+    except (ValueError, TypeError, KeyError, AttributeError, CnnlabError) as exc:  # not JSON, or not a search's record
+        return None, f"{path} is not a readable search record ({type(exc).__name__}: {exc})"
 
 
 # --------------------------------------------------------------------------- running
@@ -175,7 +212,7 @@ def _objective(settings: SearchSettings, verbose: bool):  # noqa: ANN202 - an op
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
-        run_dir = trials_dir / f"{settings.stage}-{trial.number:03d}"
+        run_dir = claim_run_dir(trials_dir, f"{settings.stage}-{trial.number:03d}")
         trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
         trial.set_user_attr("run_dir", str(run_dir))
         cfg = apply_params(base, {**params, "train.epochs": settings.epochs})
@@ -199,12 +236,61 @@ def _objective(settings: SearchSettings, verbose: bool):  # noqa: ANN202 - an op
     return objective
 
 
+def claim_run_dir(trials_dir: Path, name: str) -> Path:
+    """Create and return a new, empty folder for a trial's run: ``NAME``, else ``NAME-2``, ``NAME-3``...
+
+    ``mkdir`` is atomic, so two workers never share a folder, and a folder that exists (a
+    run of another study in the same search folder, or of a study whose journal was lost)
+    is never written into.
+
+    Raises:
+        CnnlabError: the trials folder cannot be written.
+    """
+    try:
+        trials_dir.mkdir(parents=True, exist_ok=True)
+        for n in count(1):
+            run_dir = trials_dir / (name if n == 1 else f"{name}-{n}")
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                continue
+            if n > 1:
+                log.warning("%s exists (a run of an earlier study); this trial runs in %s", trials_dir / name, run_dir.name)
+            return run_dir
+    except OSError as exc:
+        raise CnnlabError(f"cannot create a trial folder in {trials_dir}: {exc.strerror or exc}") from None
+    raise AssertionError("unreachable: count() never ends")
+
+
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     value = "-" if trial.value is None else f"{trial.value:.2%}"
     params = ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
                        for k, v in trial.params.items())  # fmt: skip
-    log.info("trial %d %s: val acc %s after %d epoch(s) (%s)", trial.number, trial.state.name.lower(), value,
-             len(trial.intermediate_values), params)  # fmt: skip
+    error = trial.user_attrs.get("error")
+    why = f": {error}" if error and trial.state.name == "FAIL" else ""
+    log.info("trial %d %s: val acc %s after %d epoch(s) (%s)%s", trial.number, trial.state.name.lower(), value,
+             len(trial.intermediate_values), params, why)  # fmt: skip
+
+
+# Loggers whose lines are wrong or noise inside a search: Optuna logs every failed trial with
+# the exception's traceback (a failure is reported by _log_trial in one line, with its
+# reason), and an interrupted trial would say `cnnlab train --resume <trial>`, although a
+# search continues by running it again (and a recipe with `cnnlab recipe --resume`).
+_HUSHED = ("optuna.study._optimize", "cnnlab.train.fit", "cnnlab.train.interrupt")
+
+
+@contextlib.contextmanager
+def trial_logs_hushed() -> Iterator[None]:
+    """Within the block, show only errors of the loggers in ``_HUSHED``; restore them after."""
+    loggers = [logging.getLogger(name) for name in _HUSHED]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _work(study: optuna.Study, verbose: bool, *, out_dir: str) -> None:
@@ -266,26 +352,30 @@ def prepare_search(
     _check_choice("stage", stage, STAGES)
     _check_choice("sampler", sampler, SAMPLERS)
     _check_choice("pruner", pruner, PRUNERS)
-    if n_trials is not None and n_trials < 1 or timeout is not None and timeout <= 0:
-        raise CnnlabError("a search needs --trials >= 1 and a positive --budget")
+    _check_numbers(n_trials=n_trials, timeout=timeout, epochs=epochs, heartbeat=heartbeat)
     out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"the search folder {out} is a file; give --out a folder")
     url = storage or st.default_storage_url(out)
     name = study_name or f"cnnlab-{stage}-{out.name}"
     apply_params(base_cfg, {k: knob.example() for k, knob in space.knobs().items()})  # paths valid?
-    study = optuna.create_study(study_name=name, storage=st.open_storage(url, heartbeat=heartbeat),
-                                direction="maximize", load_if_exists=True)  # fmt: skip
-    previous = study.user_attrs.get(SETTINGS_ATTR)
-    if previous and previous["stage"] != stage:
-        raise CnnlabError(f"study {name} is a {previous['stage']} search; give the {stage} stage another --study or --out")
-    st.fail_stale_trials(study)
-    if n_trials is None and timeout is None:
-        n_trials = DEFAULT_TRIALS[stage]
+    opened = st.open_storage(url, heartbeat=heartbeat)
+    existing = optuna.load_study(study_name=name, storage=opened) if name in optuna.get_all_study_names(opened) else None
+    _check_not_lost(out, name, url, stage, existing)  # before anything is written into the storage
     settings = SearchSettings(
         stage=stage, epochs=epochs or DEFAULT_EPOCHS[stage], sampler=sampler, pruner=pruner, seed=seed,
         heartbeat=heartbeat, out_dir=str(out), base_config=to_dict(base_cfg), space=space.as_dict(),
-        target_trials=_count_active(study) + n_trials if n_trials else None,
-        deadline=time.time() + timeout if timeout else None, origin=dict(origin) if origin else None,
+        origin=dict(origin) if origin else None, data_fingerprint=load_data(base_cfg).fingerprint,
     )  # fmt: skip
+    previous = existing.user_attrs.get(SETTINGS_ATTR) if existing is not None else None
+    if previous:
+        _check_same_search(name, url, SearchSettings.from_dict(previous), settings)
+    study = existing or optuna.create_study(study_name=name, storage=opened, direction="maximize")
+    st.fail_stale_trials(study)
+    if n_trials is None and timeout is None:
+        n_trials = DEFAULT_TRIALS[stage]
+    settings = replace(settings, target_trials=_count_active(study) + n_trials if n_trials else None,
+                       deadline=time.time() + timeout if timeout else None)  # fmt: skip
     study.set_user_attr(SETTINGS_ATTR, settings.as_dict())
     for params in enqueue:
         study.enqueue_trial(dict(params), skip_if_exists=True)
@@ -294,7 +384,96 @@ def prepare_search(
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise CnnlabError(f"unknown search {what} '{value}'; choose one of {', '.join(choices)}")
+        raise UsageError(f"unknown search {what} '{value}'; choose one of {', '.join(choices)}")
+
+
+def _check_numbers(*, n_trials: int | None, timeout: float | None, epochs: int | None, heartbeat: int | None) -> None:
+    """Refuse counts and durations that would make a search do nothing, or something else."""
+    import math
+
+    if n_trials is not None and n_trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {n_trials}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--budget must be a positive duration, got {timeout:g} s")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs (per trial) must be at least 1, got {epochs}")
+    if heartbeat is not None and heartbeat < 1:
+        raise UsageError(f"--heartbeat must be at least 1 s, got {heartbeat}")
+
+
+def _trial_folders(out: Path, stage: str) -> list[Path]:
+    trials = out / "trials"
+    return sorted(p for p in trials.glob(f"{stage}-*") if p.is_dir()) if trials.is_dir() else []
+
+
+def _check_not_lost(out: Path, name: str, url: str, stage: str, study: optuna.Study | None) -> None:
+    """Refuse to go on with a study that has lost trials its search folder records.
+
+    An emptied, truncated or replaced journal (or a dropped database) would otherwise start
+    over silently: the earlier trials vanish from the study and from the next search.json.
+
+    Raises:
+        CnnlabError: search.json records more trials than the study holds, or trial folders
+            of this stage exist while the study does not.
+    """
+    held = len(study.get_trials(deepcopy=False)) if study is not None else 0
+    where = st.redact(url)
+    saved, damage = _read_saved(out / "search.json")
+    if damage:
+        raise CnnlabError(f"{damage}; move it away to continue the search in {out}, or choose another --out")
+    if saved is not None and saved.study_name != name:
+        raise UsageError(f"{out} holds the search of study {saved.study_name}; a search of study {name} would replace "
+                         f"its search.json and best.yaml: give it another --out")  # fmt: skip
+    # The record is this study's (same name): its trials must be in the storage now given,
+    # whether the folder moved (a journal path changes) or another --storage is named.
+    recorded = len(saved.trials) if saved is not None else 0
+    folders = _trial_folders(out, stage)
+    if recorded > held or (study is None and folders):
+        what = f"{out / 'search.json'} records {recorded} trial(s)" if recorded > held else f"{out / 'trials'} holds {len(folders)} trial folder(s)"
+        raise CnnlabError(
+            f"the study {name} in {where} has lost trials: {what}, the study holds {held}. Its storage was emptied, "
+            f"truncated or replaced (a damaged journal is kept next to it as {st.JOURNAL_NAME}.damaged-*); restore it, "
+            "or start the search in another --out (the trial folders stay where they are)"
+        )
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _changes(before: Mapping[str, Any], after: Mapping[str, Any], *, skip: Sequence[str] = ()) -> list[str]:
+    """``path: old -> new`` for every leaf that differs."""
+    a, b = _flat(before), _flat(after)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+
+
+def _check_same_search(name: str, url: str, before: SearchSettings, now: SearchSettings) -> None:
+    """Refuse to continue a study with settings that change what its trials measure.
+
+    Raises:
+        UsageError: the stage, data, model, any other trial setting, the space or the epochs
+            per trial differ from the study's, named one by one.
+    """
+    if before.stage != now.stage:
+        raise UsageError(f"study {name} is a {before.stage} search; give the {now.stage} stage another --study or --out")
+    changed = _changes(before.base_config, now.base_config, skip=FREE_TO_CHANGE)
+    changed += [f"space {c}" for c in _changes(before.space, now.space)]
+    if before.epochs != now.epochs:
+        changed.append(f"epochs per trial: {before.epochs} -> {now.epochs}")
+    if before.data_fingerprint and before.data_fingerprint != now.data_fingerprint and not any(c.startswith("data.") for c in changed):
+        changed.append("the data's images changed (same --data, other files)")
+    if changed:
+        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise UsageError(
+            f"study {name} in {st.redact(url)} was run with other settings, so its trials would not compare: {shown}. "
+            "Rerun the original command to continue it, or give another --out (or --study) for a new search"
+        )
 
 
 def join_search(
@@ -326,7 +505,8 @@ def join_search(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     try:
-        _work(study, verbose, out_dir=settings.out_dir)
+        with trial_logs_hushed():
+            _work(study, verbose, out_dir=settings.out_dir)
     except BaseException:  # Ctrl-C, a broken config: still record what finished, then re-raise
         try:
             _finish(study, storage, settings.out_dir)
@@ -396,10 +576,19 @@ def run_search(
         The stage's :class:`SearchResult` (also written to ``out_dir/search.json``).
     """
     if workers < 1:
-        raise CnnlabError(f"--workers must be at least 1, got {workers}")
-    name, url = prepare_search(base_cfg, space, stage=stage, out_dir=out_dir, study_name=study_name, storage=storage,
-                               n_trials=n_trials, timeout=timeout, epochs=epochs, sampler=sampler, pruner=pruner,
-                               seed=seed, heartbeat=heartbeat, enqueue=enqueue, origin=origin)  # fmt: skip
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    # One process owns a search folder; the workers it starts (and `--join` workers) share it
+    # through the study and take no lock: only a second owner is refused.
+    with folder_lock(out_dir, "search"):
+        return _run_search_locked(base_cfg, space, stage=stage, out_dir=out_dir, study_name=study_name,
+                                  storage=storage, n_trials=n_trials, timeout=timeout, epochs=epochs, sampler=sampler,
+                                  pruner=pruner, workers=workers, seed=seed, verbose=verbose, heartbeat=heartbeat,
+                                  enqueue=enqueue, origin=origin)  # fmt: skip
+
+
+def _run_search_locked(base_cfg: RunConfig, space: SearchSpace, *, workers: int, seed: int, verbose: bool,
+                       heartbeat: int | None, **kwargs: Any) -> SearchResult:  # fmt: skip
+    name, url = prepare_search(base_cfg, space, seed=seed, heartbeat=heartbeat, **kwargs)
     threads = threads_per_worker(workers)
     procs = [spawn_worker(name, url, seed + i, threads) for i in range(1, workers)]
     previous_threads = set_torch_threads(threads)

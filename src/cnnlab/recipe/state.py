@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.io import atomic_write_json
+from cnnlab.recipe.storage import redact
 
 STATE_FILE = "recipe.json"
+# The layout of recipe.json; a file of another version is refused, never guessed at.
+STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,9 @@ class RecipeOptions:
         search_subset: training images per search trial (a stratified subset; None: all).
         final_epochs: epochs of the final training (None: what the budget allows, 3-30).
         max_rounds: refine/diagnose rounds at most.
-        sampler, pruner, workers, storage: passed to the searches (see ``cnnlab search``).
+        sampler, pruner, workers, storage: passed to the searches (see ``cnnlab search``);
+            ``storage`` is written to recipe.json with its password masked, so a resume
+            needs the URL again (``--storage`` or ``CNNLAB_STORAGE``).
         stop_on_failure: stop after a failed check or overfit (the usual meaning: a bug).
         seed: seeds the samplers.
     """
@@ -49,9 +54,23 @@ class RecipeOptions:
 
     def __post_init__(self) -> None:
         if self.budget_seconds is None and self.coarse_trials is None:
-            raise CnnlabError("the recipe needs a budget: give --budget (e.g. 30m) or --trials N")
-        if self.budget_seconds is not None and self.budget_seconds < 60:
-            raise CnnlabError(f"a recipe budget of {self.budget_seconds:.0f} s is too short; give at least --budget 1m")
+            raise UsageError("the recipe needs a budget: give --budget (e.g. 30m) or --trials N")
+        if self.budget_seconds is not None and not (math.isfinite(self.budget_seconds) and self.budget_seconds >= 60):
+            raise UsageError(f"a recipe budget of {self.budget_seconds:.0f} s is too short; give at least --budget 1m")
+        at_least_one = {"--trials": self.coarse_trials, "--trials (refine)": self.refine_trials,
+                        "--coarse-epochs": self.coarse_epochs, "--refine-epochs": self.refine_epochs,
+                        "--final-epochs": self.final_epochs, "--rounds": self.max_rounds, "--workers": self.workers}  # fmt: skip
+        for flag, value in at_least_one.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"{flag} must be a whole number of at least 1, got {value!r}")
+        if self.search_subset is not None and (not isinstance(self.search_subset, int) or self.search_subset < 1):
+            raise UsageError(f"--search-subset must be a number of images (0 = all), got {self.search_subset!r}")
+        if self.sampler not in ("tpe", "random") or self.pruner not in ("asha", "hyperband", "median", "none"):
+            raise UsageError(f"unknown sampler/pruner {self.sampler}/{self.pruner}; see `cnnlab recipe --help`")
+
+    def masked(self) -> RecipeOptions:
+        """These options as written to recipe.json: the storage URL's password masked."""
+        return dataclasses.replace(self, storage=redact(self.storage) if self.storage else None)
 
 
 class RecipeStopped(CnnlabError):
@@ -63,11 +82,12 @@ class RecipeState:
     """What ``recipe.json`` holds: the inputs, and each finished step's result as plain data."""
 
     config: dict[str, Any]
-    options: dict[str, Any]
+    options: dict[str, Any]  # RecipeOptions.masked(): never a password
     steps: dict[str, Any] = dataclasses.field(default_factory=dict)
     order: list[str] = dataclasses.field(default_factory=list)
     spent_seconds: float = 0.0
     finished: bool = False
+    version: int = STATE_VERSION
 
     def save(self, out_dir: Path) -> None:
         """Write ``recipe.json`` into ``out_dir`` (atomically: a kill never leaves half a file)."""
@@ -84,9 +104,34 @@ class RecipeState:
         if not path.is_file():
             raise CnnlabError(f"{out_dir} holds no recipe ({STATE_FILE} is missing); start one with `cnnlab recipe --out {out_dir}`")
         try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            version = data.get("version", STATE_VERSION)  # files written before the field existed are version 1
+            if version != STATE_VERSION:
+                raise CnnlabError(f"{path} is a recipe state of version {version!r}, this cnnlab reads version "
+                                  f"{STATE_VERSION}; continue it with the cnnlab that wrote it")  # fmt: skip
+            state = cls(**{**data, "version": version})
+            state.check()
+        except CnnlabError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise CnnlabError(f"{path} is not a readable recipe state ({exc}); start a new recipe with another --out") from None
+        return state
+
+    def check(self) -> None:
+        """Refuse a state whose parts are not of the shape recipe.json has (a hand-edited or torn file).
+
+        Raises:
+            TypeError: a part of the wrong type, or ``order`` naming a step without a result.
+        """
+        kinds = {"config": dict, "options": dict, "steps": dict, "order": list, "spent_seconds": (int, float), "finished": bool}
+        for name, kind in kinds.items():
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"'{name}' is a {type(getattr(self, name)).__name__}")
+        missing = [key for key in self.order if not isinstance(key, str) or not isinstance(self.steps.get(key), dict)]
+        if missing or len(set(self.order)) != len(self.order):
+            raise TypeError(f"'order' names steps without a result, or twice: {missing or self.order}")
 
 
 class Clock:

@@ -12,20 +12,29 @@ Two kinds of storage, both safe for several worker processes:
 
 The journal has no heartbeat, so each trial records ``host:pid`` of its worker and a
 trial still RUNNING on this host whose process is gone is marked FAIL instead.
+
+A journal is read by cnnlab before Optuna replays it (:func:`check_journal`): a process
+killed while appending leaves a torn last line, which Optuna would otherwise skip on read
+and then corrupt with its next append (``AssertionError: Should not reach``). That last
+line is dropped (the original is kept next to it); damage anywhere else is refused.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
 import re
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import optuna
@@ -35,6 +44,9 @@ JOURNAL_PREFIX = "journal:"
 DEFAULT_HEARTBEAT = 10  # s between heartbeats of a running trial (database storage only)
 GRACE_FACTOR = 3  # a trial is stale after this many missed heartbeats
 WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process running it
+MASK = "***"  # what a password is replaced by wherever a storage URL is printed or written
+
+log = logging.getLogger(__name__)
 
 
 def import_optuna():  # noqa: ANN201 - the optuna module, imported lazily
@@ -57,14 +69,45 @@ def default_storage_url(out_dir: str | Path) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, for printing and for search.json."""
+    """``url`` without its password, for printing and for every file cnnlab writes.
+
+    Both places a database URL can carry one are masked: ``USER:PASSWORD@HOST`` and a
+    ``?password=...`` query parameter (libpq reads either).
+    """
     if is_journal(url) or "://" not in url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed netloc (bad port): mask everything between "://" and "@"
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{MASK}@{rest.rpartition('@')[2]}" if "@" in rest else url
+    netloc = parts.netloc
+    if password:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            query = urlencode([(k, MASK if k.lower() == "password" else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def is_masked(url: str) -> bool:
+    """True when ``url`` is a redacted one (its password replaced by the mask): it cannot connect."""
+    return f":{MASK}@" in url or f"password={MASK}" in url
+
+
+def same_storage(url: str, other: str) -> bool:
+    """True when two URLs name the same storage once their passwords are masked."""
+    return redact(url) == redact(other)
+
+
+def unmask(url: str) -> str:
+    """A masked URL read from a file, made usable by ``CNNLAB_STORAGE`` when that names the same storage."""
+    env = os.environ.get("CNNLAB_STORAGE")
+    return env if is_masked(url) and env and same_storage(env, url) else url
 
 
 def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> optuna.storages.BaseStorage:
@@ -82,9 +125,14 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> optu
     if is_journal(url):
         return _open_journal(Path(url.removeprefix(JOURNAL_PREFIX)))
     if "://" not in url:
-        raise CnnlabError(
+        raise UsageError(
             f"unknown study storage '{url}': use a .journal file, journal:PATH, "
             "postgresql://USER@HOST:PORT/DB or sqlite:///FILE"
+        )
+    if is_masked(url):  # a URL copied from recipe.json or search.json: its password was never stored
+        raise UsageError(
+            f"the storage URL {url} has its password masked ({MASK}); give the real URL with --storage "
+            "or in the environment variable CNNLAB_STORAGE"
         )
     kwargs = {}
     if heartbeat:
@@ -95,7 +143,7 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> optu
             # pool_pre_ping: a connection dropped by the server while a long trial ran is replaced, not an error.
             return optuna.storages.RDBStorage(_with_installed_driver(url), engine_kwargs={"pool_pre_ping": True}, **kwargs)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors have many types; all mean "cannot open"
-        reason = _one_line(exc)
+        reason = _without_password(_one_line(exc), url)
         raise CnnlabError(
             f"cannot open the study storage {redact(url)}: {reason}; check the URL "
             "(postgresql://USER@HOST:PORT/DB, sqlite:///FILE), that the server runs, and that its driver is installed "
@@ -108,6 +156,15 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).split("(Background on this error")[0]
     text = re.sub(r"^\([\w.]+\)\s*", "", " ".join(text.split()))
     return text[:200].rstrip(" .") or type(exc).__name__
+
+
+def _without_password(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` masked, in case a driver quoted it back."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, MASK) if password else text
 
 
 def _with_installed_driver(url: str) -> str:
@@ -129,13 +186,91 @@ def _open_journal(path: Path) -> optuna.storages.BaseStorage:
     import optuna  # lazy: optional dependency, imported only when a study is opened
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # lazy: as above
 
+    if path.exists() and not path.is_file():
+        raise UsageError(f"the study journal {path} is not a file; give --storage a journal file path or choose another --out")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The open-lock (O_EXCL lock file) works where symlinks do not (Windows, some network file systems).
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        lock = JournalFileOpenLock(str(path))
+        check_journal(path, lock)
+        backend = JournalFileBackend(str(path), lock_obj=lock)
     except OSError as exc:
         raise CnnlabError(f"cannot open the study journal {path}: {exc.strerror or exc}; choose another --out") from None
-    return optuna.storages.JournalStorage(backend)
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except Exception as exc:  # noqa: BLE001 - a replay of records Optuna does not expect fails with any type
+        raise CnnlabError(
+            f"the study journal {path} holds records Optuna cannot replay ({type(exc).__name__}: {exc}): it was "
+            "edited or written by another Optuna version; move it away (its trial folders stay) and start the search "
+            "in another --out"
+        ) from None
+
+
+def _journal_record(line: bytes) -> bool:
+    """True when ``line`` is one journal record: a JSON object with an ``op_code``."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def check_journal(path: Path, lock: optuna.storages.journal.BaseJournalFileLock | None = None) -> str | None:
+    """Read a study journal before Optuna does; repair the one damage a kill leaves.
+
+    Optuna appends each batch of records with one write, under its lock file. A process
+    killed during that write leaves the last line without its end (or cut inside it): that
+    line is dropped, the original file is kept as ``PATH.damaged-TIME``, and the rest (an
+    earlier, consistent state of the study) is kept. A bad line anywhere else means the
+    file was edited or overwritten, and nothing can tell what it held: that is refused.
+
+    Args:
+        path: the journal file (a missing or empty one is fine: a new study).
+        lock: Optuna's lock of this journal, held while reading so that a live worker's
+            write in progress is never mistaken for a torn one.
+
+    Returns:
+        What was recovered (also logged as a warning), or None when the file was sound.
+
+    Raises:
+        CnnlabError: a damaged record that is not the last one.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    if lock is not None:
+        lock.acquire()
+    try:
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # bytes after the last newline: empty unless the last write was cut off
+        bad = [i for i, line in enumerate(lines) if not _journal_record(line.rstrip(b"\r"))]
+        if tail:
+            bad.append(len(lines))
+            lines.append(tail)
+        if not bad:
+            return None
+        if bad != [len(lines) - 1]:
+            first = bad[0] + 1
+            raise CnnlabError(
+                f"the study journal {path} is damaged: line {first} of {len(lines)} is not an Optuna journal record "
+                f"({len(bad)} bad line(s)); it was edited or overwritten, so its trials cannot be trusted. Move it away "
+                "(the trial folders stay) and start the search in another --out"
+            )
+        backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        for n in range(2, 100):  # never overwrite an earlier backup
+            if not backup.exists():
+                break
+            backup = backup.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        backup.write_bytes(data)
+        kept = lines[:-1]
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
+    finally:
+        if lock is not None:
+            lock.release()
+    note = (f"the study journal {path} ended in a cut-off record (a process killed while writing it): kept its "
+            f"{len(kept)} complete record(s), dropped the last one; the original is saved as {backup.name}")  # fmt: skip
+    log.warning("%s", note)
+    return note
 
 
 # --------------------------------------------------------------------------- dead workers

@@ -87,6 +87,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def model_label(cfg: RunConfig, model: nn.Module) -> str:
+    """The name of the model a run trains, for summaries, logs and plot titles.
+
+    ``cfg.model.name`` except for a ``--backbone RUN`` run, whose network is the body of
+    that run's model with a new head: ``transfer(simple from runs/base)``.
+    """
+    if cfg.transfer.backbone:
+        spec = getattr(model, "spec", None)
+        return f"transfer({getattr(spec, 'name', 'checkpoint')} from {cfg.transfer.backbone})"
+    return cfg.model.name
+
+
 def data_meta(splits: Splits) -> dict[str, Any]:
     """What a checkpoint stores about its data: enough to preprocess new images the same way."""
     mean, std = splits.stats
@@ -143,12 +155,16 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue the run a ``last.pt`` checkpoint describes, exactly where it stopped."""
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+        try:  # the schema was checked on loading; these fail only for a checkpoint of another model
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            self.epoch_state = EpochState(**state["epoch_state"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CnnlabError(f"the checkpoint does not fit the model its config builds ({str(exc)[:160]}); "
+                              "it was not written by this run: start a new run instead") from None  # fmt: skip
         self.epoch = int(state["epoch"])
-        self.epoch_state = EpochState(**state["epoch_state"])
         h = state["history"]
         self.history = History(**{k: v for k, v in h.items() if k in History.__dataclass_fields__})
         self.history.stopped = None
@@ -224,7 +240,7 @@ class Trainer:
         seconds /= self.runtime.world_size
         record: dict[str, Any] = {
             "epoch": self.epoch, "epochs": self.tc.epochs, "train_loss": loss_sum / count, "train_acc": correct / count,
-            "lr": self.lr_at(self.step.step - 1), "time": seconds, "images_per_s": count / max(seconds, 1e-9),
+            "lr": self.lr_at(self.step.step - 1), "step": self.step.step, "time": seconds, "images_per_s": count / max(seconds, 1e-9),
             "val_loss": None, "val_acc": None,
         }  # fmt: skip
         if self.val_loader is not None:
@@ -268,7 +284,7 @@ class Trainer:
 
     def _curves_title(self) -> str:
         smoothing = self.tc.label_smoothing
-        return f"{self.cfg.model.name} on {self.cfg.data.source}" + (
+        return f"{model_label(self.cfg, self.raw_model)} on {self.cfg.data.source}" + (
             f" (training loss includes label smoothing {smoothing:g})" if smoothing else "")
 
     def _interrupted(self) -> None:

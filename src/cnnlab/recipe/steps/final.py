@@ -53,7 +53,7 @@ class FinalStep(OnceStep):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
         run = RunFolder(ctx.out / FOLDER)
         ctx.say(f"final: {epochs} epochs on the whole training split -> {run.path}")
-        if run.has_checkpoint():
+        if run.exists():  # started before (a checkpoint, or only its config): a new run may not reuse the folder
             summary = run_training(resume=run.path, verbose=ctx.verbose)
         else:
             summary = run_training(cfg, run.path, verbose=ctx.verbose)

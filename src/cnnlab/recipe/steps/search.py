@@ -162,7 +162,7 @@ def run_stage(ctx: RecipeContext, key: str, stage: str, space: SearchSpace, seco
     timeout = None if math.isinf(seconds) else max(seconds, 1.0)
     trials = _trials_left(ctx, key, trials)
     if trials == 0:  # killed after its last trial: nothing left to run
-        result = load_search(folder, study_name=name)
+        result = load_search(folder, storage=opt.storage, study_name=name)
     else:
         with _quiet_trials():
             result = run_search(_search_cfg(ctx), space, stage=stage, out_dir=folder, study_name=name,

@@ -12,7 +12,7 @@ from cnnlab.recipe.records import TrialRecord
 from cnnlab.recipe.step import ReportContext
 from cnnlab.recipe.steps.diagnose import DIAGNOSE, diagnosis_block
 from cnnlab.recipe.steps.stage import COARSE, REFINE, StageResult
-from cnnlab.recipe.storage import open_storage
+from cnnlab.recipe.storage import open_storage, unmask
 from cnnlab.report.plots import pyplot, save_figure
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _importance_plot(searches: list[tuple[str, StageResult]], path: Path) -> Pat
     import optuna  # lazy: optuna is an optional dependency, needed only for a recipe's report
 
     try:
-        study = optuna.load_study(study_name=stage.search.study_name, storage=open_storage(stage.search.storage))
+        study = optuna.load_study(study_name=stage.search.study_name, storage=open_storage(unmask(stage.search.storage)))
     except (CnnlabError, KeyError) as exc:  # the storage moved or the study is gone: say why the plot is missing
         log.info("no parameter importances in the report: %s", exc)
         return None
