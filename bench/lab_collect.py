@@ -29,7 +29,7 @@ def section(name: str, folder: Path, state: dict, img_dir: Path) -> str:
     exp = EXPERIMENTS[name]
     options = " ".join(f"--model-opt {k}={v}" for k, v in settings.get("model_options", {}).items())
     length = f"--budget {settings['budget_seconds'] / 60:.0f}m" if settings.get("budget_seconds") else f"--epochs {state['epochs']}"
-    subset = f" --subset {settings['subset']}" if settings.get("subset") else ""
+    subset = f" --train-subset {settings['subset']}" if settings.get("subset") else ""
     batch = f" --batch-size {settings['batch_size']}" if settings.get("batch_size", 128) != 128 else ""
     verdicts = [line for line in (folder / "verdict.md").read_text().splitlines() if line.startswith("- ")]
     return "\n".join([

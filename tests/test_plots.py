@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.report.plots import captioned_grid, confusion_plot, image_grid, training_curves
+from cnnlab.report.plots import captioned_grid, confusion_plot, image_grid, training_curves, training_curves_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -78,3 +78,26 @@ def test_image_grid_and_captioned_grid(tmp_path: Path) -> None:
     path = captioned_grid(list(rgb), [f"image {i}\nok" for i in range(5)], tmp_path / "cap.png", columns=3)
     _check_png(path, min_side=100, max_side=1000)
     _check_png(captioned_grid([], [], tmp_path / "empty.png"), min_side=50, max_side=1000)  # says "nothing to show"
+
+
+def _tick_labels(axis) -> list[str]:  # noqa: ANN001 - a matplotlib Axis
+    """The labels of the ticks inside the axis' view (matplotlib also places some outside)."""
+    lo, hi = sorted(axis.get_view_interval())
+    return [t.get_text() for t in axis.get_ticklabels() if lo <= t.get_position()[axis is axis.axes.yaxis] <= hi and t.get_text()]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 4, 30])
+def test_curves_have_whole_epoch_ticks_and_plain_loss_labels(epochs: int) -> None:
+    # Before: 2 epochs gave ticks 1.25, 1.5, ... and a log axis labelled "2.235x10^0".
+    records = [{"epoch": e, "train_loss": 2.3 * 0.8**e, "train_acc": 0.5, "val_loss": 2.235 * 0.8**e, "val_acc": 0.4}
+               for e in range(epochs)]  # fmt: skip
+    fig = training_curves_figure(records)
+    fig.canvas.draw()
+    ax_loss, ax_acc = fig.axes
+    for ax in (ax_loss, ax_acc):
+        xs = _tick_labels(ax.xaxis)
+        assert xs and all(x.isdigit() for x in xs), xs
+        assert {int(x) for x in xs} <= set(range(1, epochs + 1))
+    ys = _tick_labels(ax_loss.yaxis) + [t.get_text() for t in ax_loss.get_yticklabels(minor=True) if t.get_text()]
+    assert len(ys) >= 2 and all(float(y) > 0 for y in ys), ys  # plain numbers: float() fails on "$2.235\\times10^{0}$"
+    assert ax_loss.get_yscale() == ("log" if 0.8 ** (epochs - 1) < 0.1 else "linear")

@@ -431,6 +431,9 @@ class TrainConfig:
     class_weights: bool = False  # weight the loss by inverse class frequency
     balanced_sampling: bool = False  # draw training images with probability ~ 1 / class frequency
     train_subset: int | None = _num(None, Range(integer=True, lo=1, hi=INT_MAX))  # use only this many training images (stratified)
+    # validate on only this many validation images (stratified by class, chosen by `seed`): the
+    # validation pass of a short run can take longer than its training; the test split stays whole
+    val_subset: int | None = _num(None, Range(integer=True, lo=1, hi=INT_MAX))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: AmpMode = "auto"  # auto: bf16 on CUDA
     channels_last: ChannelsLast = "auto"  # auto: on (CPU and CUDA)
@@ -479,9 +482,22 @@ def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any]
     Args:
         path: a YAML file with sections data / model / optim / schedule / train.
         overrides: nested plain data (e.g. from CLI flags); ``None`` values are ignored.
+
+    Raises:
+        UsageError: an invalid setting; one that is wrong in the file itself (a typo'd
+            key, a bad value) names the file.
     """
     base = load_yaml(path) if path else {}
-    return from_dict(RunConfig, merge(base, overrides or {}))
+    try:
+        return from_dict(RunConfig, merge(base, overrides or {}))
+    except UsageError:
+        if not base:
+            raise
+        try:  # the file alone: is the mistake in it, or in the flags?
+            from_dict(RunConfig, base)
+        except UsageError as exc:
+            raise UsageError(f"config file {path}: {exc}") from None
+        raise
 
 
 # --------------------------------------------------------------------------- plain data

@@ -34,9 +34,10 @@ from cnnlab.models.backbones import is_backbone_name
 from cnnlab.models.init import init_classifier_bias
 from cnnlab.models.transfer import build_transfer_model
 from cnnlab.runfolder import RunFolder
-from cnnlab.train.fit import History, fit, model_label, seed_everything
+from cnnlab.train.fit import History, fit, model_label, seed_everything, validation_images
 from cnnlab.train.loaders import eval_loader
 from cnnlab.train.loop import EvalResult, evaluate
+from cnnlab.train.progress import PassProgress
 from cnnlab.train.runtime import Runtime, resolve_runtime
 from cnnlab.transfer.finetune import fit_transfer
 
@@ -339,11 +340,25 @@ def _prepare(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, Splits, 
                          f"{cfg.train.batch_size}; lower --batch-size")  # fmt: skip
     model = build_model(cfg, splits)
     if runtime.is_main:
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("%s (%.2fM parameters) on %s: %d train / %d val / %d test images, device %s",
-                 model_label(cfg, model), n_params / 1e6, splits.name, len(splits.train), len(splits.val), len(splits.test),
-                 runtime.device)  # fmt: skip
+        log.info("%s", header_line(cfg, model, splits, runtime))
     return runtime, splits, model
+
+
+def _count(n: int) -> str:
+    """``4,947`` or ``0.27M`` or ``11.2M``: a parameter count that never reads 0.00M."""
+    return f"{n:,}" if n < 100_000 else f"{n / 1e6:.2f}M" if n < 10_000_000 else f"{n / 1e6:.1f}M"
+
+
+def header_line(cfg: RunConfig, model: torch.nn.Module, splits: Splits, runtime: Runtime) -> str:
+    """The line a run starts with: the model it trains (the name ``summary.json`` gives it), the data, the device.
+
+    A run that validates on a subset (``--val-subset``) says so here, and in every epoch line.
+    """
+    n_params = sum(p.numel() for p in model.parameters())
+    n_val = len(validation_images(splits, cfg.train))
+    val = f"{len(splits.val):,} val" if n_val == len(splits.val) else f"{len(splits.val):,} val (validating on {n_val:,} of them)"
+    return (f"{model_label(cfg, model)} ({_count(n_params)} parameters) on {splits.name}: {len(splits.train):,} train / "
+            f"{val} / {len(splits.test):,} test images, device {runtime.device}")  # fmt: skip
 
 
 def _train(
@@ -388,11 +403,13 @@ def finish_run(
     folder = RunFolder(run_dir)
     if folder.best_pt.is_file():
         model.load_state_dict(load_checkpoint(folder.best_pt, map_location=runtime.device)["model"])
-    test = None
+    test, test_seconds = None, None
     loader = eval_loader(splits.test, splits, cfg, runtime) if evaluate_test else None
     if loader is not None:
         model.to(runtime.device)
-        test = evaluate(model, loader, runtime, tta=cfg.train.tta, keep_outputs=True)
+        with PassProgress("testing", len(loader), enabled=verbose and runtime.is_main) as bar:
+            test = evaluate(model, loader, runtime, tta=cfg.train.tta, keep_outputs=True, progress=bar)
+        test_seconds = bar.seconds
         if not math.isfinite(test.loss):  # the best weights blow up on new images: a divergence, not a result
             record = next((r for r in history.records if r["epoch"] == history.best_epoch), history.records[-1] if history.records else {})
             raise TrainingDiverged(int(record.get("epoch", 0)), int(record.get("step", 0)), float(record.get("lr", cfg.optim.lr)), split="test")
@@ -401,9 +418,10 @@ def finish_run(
     summary = {
         "model": model_label(cfg, model), "data": splits.name, "classes": len(splits.classes),
         "params": int(sum(p.numel() for p in model.parameters())),
-        "epochs_run": len(records), "best_epoch": history.best_epoch, "best_val_acc": history.best_val_acc,
+        # best_epoch counts from 1, as every printout does (metrics.jsonl's "epoch" counts from 0).
+        "epochs_run": len(records), "best_epoch": summary_epoch(history.best_epoch), "best_val_acc": history.best_val_acc,
         "test_acc": test.acc if test else None, "test_loss": test.loss if test else None,
-        "test_top5": test.top5 if test else None, "tta": cfg.train.tta,
+        "test_top5": test.top5 if test else None, "tta": cfg.train.tta, "test_seconds": test_seconds,
         "stopped": history.stopped, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,
         "images_per_s": float(np.median([r["images_per_s"] for r in records])) if records else None,
         "device": str(runtime.device), "world_size": runtime.world_size, "run_dir": str(run_dir),
@@ -418,6 +436,11 @@ def finish_run(
     return summary
 
 
+def summary_epoch(epoch: int | None) -> int | None:
+    """An epoch as ``summary.json`` and every printout count it: from 1 (the engine counts from 0)."""
+    return None if epoch is None else int(epoch) + 1
+
+
 def result_line(summary: dict[str, Any]) -> str | None:
     """The one line that reports a finished run's test result (None when it was not tested).
 
@@ -427,7 +450,7 @@ def result_line(summary: dict[str, Any]) -> str | None:
     if summary.get("test_acc") is None:
         return None
     return (f"test accuracy {summary['test_acc']:.2%} (loss {summary['test_loss']:.4f}) with the weights of epoch "
-            f"{(summary.get('best_epoch') or 0) + 1}; run folder {summary['run_dir']}")  # fmt: skip
+            f"{summary.get('best_epoch') or 1}; run folder {summary['run_dir']}")  # fmt: skip
 
 
 def _split_outputs(result: EvalResult, runtime: Runtime, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

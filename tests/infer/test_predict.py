@@ -91,3 +91,46 @@ def test_many_files_are_decoded_in_worker_processes(gray_run: Path, gray_test, w
     assert [p.path for p in predictions] == [str(p) for p in paths]
     expected = predictor.predict_images(many).argmax(1)
     assert [p.indices[0] for p in predictions] == expected.tolist()
+
+
+def _save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    from PIL import Image
+
+    Image.fromarray(array, mode).save(path)
+    return path
+
+
+def test_predict_says_what_it_converted_and_warns_far_from_the_training_size(gray_run: Path, tmp_path: Path) -> None:
+    """The model takes 1x12x12: each file below needs something done to it, and the far ones are flagged."""
+    rng = np.random.default_rng(0)
+    files = [
+        _save(tmp_path / "tiny.png", rng.integers(0, 255, (2, 2), dtype=np.uint8)),  # a side under 12/4
+        _save(tmp_path / "wide16.png", rng.integers(0, 65535, (100, 300), dtype=np.uint16)),  # 16-bit, over 8 x 12 wide
+        _save(tmp_path / "rgba.png", rng.integers(0, 255, (12, 12, 4), dtype=np.uint8), "RGBA"),
+        _save(tmp_path / "ok.png", rng.integers(0, 255, (12, 12), dtype=np.uint8)),  # as trained: nothing to say
+        _save(tmp_path / "small.png", rng.integers(0, 255, (6, 6), dtype=np.uint8)),  # enlarged, not far
+    ]
+    tiny, wide, rgba, ok, small = load_predictor(gray_run, device="cpu").predict_files(files)
+    assert tiny.converted == ("size 2x2 -> 12x12 (enlarged)",) and "far smaller" in tiny.warning
+    assert wide.converted == ("mode I;16 -> L (16-bit scaled to 8-bit)", "size 300x100 -> 12x12 (shrunk, centre-cropped to a square)")
+    assert "far larger" in wide.warning
+    assert rgba.converted == ("mode RGBA -> L (transparency composited onto white)",) and rgba.warning is None
+    assert ok.converted == () and ok.warning is None
+    assert small.converted == ("size 6x6 -> 12x12 (enlarged)",) and small.warning is None
+    line = tiny.as_dict()  # the --json line says the same
+    assert line["converted"] == list(tiny.converted) and line["warning"] == tiny.warning
+    assert ok.as_dict()["converted"] == [] and ok.as_dict()["warning"] is None
+
+
+def test_predict_cli_prints_conversions_and_warnings(gray_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cnnlab.cli.main import main
+
+    tiny = _save(tmp_path / "tiny.png", np.zeros((2, 2), np.uint8))
+    assert main(["predict", str(gray_run), str(tiny), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "converted" in out and "2x2 -> 12x12" in out and "warning:" in out and "far smaller" in out
+    assert main(["predict", str(gray_run), str(tiny), "--device", "cpu", "--json"]) == 0
+    import json
+
+    line = json.loads(capsys.readouterr().out)
+    assert line["converted"] == ["size 2x2 -> 12x12 (enlarged)"] and "far smaller" in line["warning"]

@@ -10,7 +10,7 @@ import pytest
 from cnnlab.cli.main import main
 from cnnlab.errors import CnnlabError
 from cnnlab.lab.experiments import EXPERIMENTS, get_experiment
-from cnnlab.lab.runner import LabSettings, arm_config, run_lab
+from cnnlab.lab.runner import STATE_FILE, LabSettings, arm_config, budget_caveat, default_out_dir, run_lab
 from cnnlab.lab.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 
 SMOKE = LabSettings(smoke=True, batch_size=32)
@@ -35,6 +35,13 @@ def test_experiment_runs_end_to_end(name: str, tmp_path: Path) -> None:
     assert len(runs) == len(exp.arms)  # each arm is a normal run folder (a diverged one says so)
     verdict = (tmp_path / "verdict.md").read_text()
     assert all(c.text in verdict for c in exp.claims)
+    # 1 epoch of smoke data cannot test a claim about training, and says so; a measurement at
+    # init (parameters, gradient and activation ratios) is the same at any budget, and is judged.
+    for claim, v in zip(exp.claims, result.verdicts, strict=True):
+        assert (v.caveat is not None) == claim.needs_training, claim.text
+        if claim.needs_training:
+            assert v.text.startswith("at this budget (1 epoch, smoke data) the claim cannot be tested"), v.text
+            assert v.text in verdict
 
 
 @pytest.mark.slow
@@ -95,6 +102,7 @@ def test_cli_list_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lab", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in EXPERIMENTS) and out.count("claim:") >= len(EXPERIMENTS)
+    assert out.count("testable from:") == len(EXPERIMENTS)  # each experiment states its minimum budget
     assert main(["lab", "run", "nope", "--smoke"]) == 2  # refused before any work
     assert "unknown experiment 'nope'" in capsys.readouterr().err
 
@@ -113,3 +121,50 @@ def test_ratio_claims_are_judged_in_orders_of_magnitude() -> None:
     # a gradient that vanished to exactly 0 is still judged (floored), not dropped
     rows = [{**r, claim.metric: 0.0} if r["arm"] == "sigmoid" else r for r in rows]
     assert _judge(claim, rows, 3).status == SUPPORTED
+
+
+def test_budget_caveat_follows_the_experiments_stated_minimum() -> None:
+    norm, depth, transfer = get_experiment("norm"), get_experiment("depth"), get_experiment("transfer")
+    assert (norm.min_epochs, norm.min_train_images) == (2, 3000)
+    assert budget_caveat(norm, LabSettings(epochs=2), 2) is None  # full data, enough epochs
+    assert budget_caveat(norm, LabSettings(subset=3000), 2) is None
+    assert budget_caveat(norm, LabSettings(), 1) == (
+        "at this budget (1 epoch) the claim cannot be tested (it needs at least 2 epochs on at least 3,000 training images)")
+    assert "(9 epochs, 1,000 training images)" in budget_caveat(depth, LabSettings(subset=1000), 9)
+    assert budget_caveat(transfer, LabSettings(subset=50), 10) is None  # its arms choose their own data sizes
+    assert "smoke data" in budget_caveat(transfer, LabSettings(smoke=True), 10)
+
+
+def _write_state(folder: Path, name: str, settings: LabSettings, finished: bool) -> Path:
+    import json
+    from dataclasses import asdict
+
+    folder.mkdir(parents=True)
+    (folder / STATE_FILE).write_text(json.dumps({"experiment": name, "settings": asdict(settings), "epochs": 1,
+                                                 "finished": finished}))  # fmt: skip
+    return folder
+
+
+def test_without_out_the_newest_unfinished_lab_with_the_same_settings_continues(tmp_path: Path) -> None:
+    other = LabSettings(smoke=True, batch_size=64)
+    _write_state(tmp_path / "lab-dropout-20240101-000000", "dropout", SMOKE, finished=False)
+    newest = _write_state(tmp_path / "lab-dropout-20240102-000000", "dropout", SMOKE, finished=False)
+    _write_state(tmp_path / "lab-dropout-20240103-000000", "dropout", SMOKE, finished=True)
+    _write_state(tmp_path / "lab-dropout-20240104-000000", "dropout", other, finished=False)
+    _write_state(tmp_path / "lab-dropout-x-20240105-000000", "dropout-x", SMOKE, finished=False)  # another experiment
+    assert default_out_dir("dropout", SMOKE, tmp_path) == (newest, True)
+    assert default_out_dir("dropout", other, tmp_path) == (tmp_path / "lab-dropout-20240104-000000", True)
+    fresh, continues = default_out_dir("dropout", LabSettings(smoke=True, seeds=2), tmp_path)
+    assert not continues and fresh.parent == tmp_path and fresh.name.startswith("lab-dropout-2") and not fresh.exists()
+
+
+def test_cli_rerun_without_out_continues_the_stopped_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # the default lab folders live under ./runs
+    stopped = _write_state(tmp_path / "runs" / "lab-dropout-20240101-000000", "dropout", SMOKE, finished=False)
+    assert main(["lab", "run", "dropout", "--smoke", "--batch-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert f"continuing the unfinished lab {Path('runs') / stopped.name}" in out
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [stopped.name]  # no second folder
+    assert (stopped / "verdict.md").is_file()
+    assert "cannot be tested" in out  # the smoke verdict says it is no test of the claim

@@ -8,7 +8,8 @@ from torch import nn
 
 from cnnlab.models import create_model
 from cnnlab.models.diagnostics import (
-    activation_stats, gradient_stats, noise_batch, plot_activation_histograms,
+    MAX_HISTOGRAM_COLUMNS, activation_figure, activation_stats, gradient_stats, histogram_grid, noise_batch,
+    plot_activation_histograms,
 )
 
 
@@ -86,8 +87,38 @@ def test_hooks_removed_and_model_state_restored_even_on_error() -> None:
 
 def test_histogram_png(tmp_path) -> None:  # noqa: ANN001 - pytest fixture
     report = activation_stats(plain_net("xavier"), X)
-    path = plot_activation_histograms(report, tmp_path / "sub" / "hist.png", max_layers=6)
+    path = plot_activation_histograms(report, tmp_path / "sub" / "hist.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_histograms_show_every_layer_of_plain20_with_a_count_axis() -> None:
+    # plain20 has 19 ReLUs; before, 12 evenly spaced panels were drawn and the counts hidden.
+    torch.manual_seed(0)
+    report = activation_stats(create_model("plain20"), noise_batch((3, 32, 32), n=4))
+    assert len(report.layers) == 20  # 19 activations + the logits
+    fig = activation_figure(report)
+    rows, cols = histogram_grid(len(report.layers))
+    assert len(fig.axes) == len(report.layers) and rows * cols >= len(report.layers) > (rows - 1) * cols
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes][-1].endswith("(logits)")
+    assert all(ax.get_yticks().size for ax in fig.axes)  # a count axis on every panel
+    assert [ax.get_ylabel() for ax in fig.axes[::cols]] == ["count"] * rows
+
+
+@pytest.mark.parametrize(("count", "grid"), [(1, (1, 1)), (4, (2, 2)), (11, (3, 4)), (20, (4, 5)), (56, (12, 5))])
+def test_histogram_grid_is_sized_from_the_layer_count(count: int, grid: tuple[int, int]) -> None:
+    assert histogram_grid(count) == grid and grid[1] <= MAX_HISTOGRAM_COLUMNS
+
+
+def test_a_norm_layer_is_reported_as_hiding_the_init_scale() -> None:
+    # The README's example: with batch norm, N(0, 0.01) flags nothing, and the report says why.
+    torch.manual_seed(0)
+    x = noise_batch((3, 32, 32), n=8)
+    normed = activation_stats(create_model("plain20", init="normal:0.01"), x)
+    assert not normed.vanishing and normed.norm_layers == 19
+    assert normed.norm_note is not None and "--norm none" in normed.norm_note and "hides the init scale" in normed.norm_note
+    torch.manual_seed(0)
+    bare = activation_stats(create_model("plain20", init="normal:0.01", norm="none"), x)
+    assert len(bare.vanishing) >= 10 and bare.norm_layers == 0 and bare.norm_note is None
 
 
 def test_deep_plain_net_gradients_explode_its_resnet_twin_does_not() -> None:

@@ -35,7 +35,7 @@ def test_inspect_activations_and_gradients(capsys: pytest.CaptureFixture[str], t
     png = tmp_path / "act.png"
     argv = ["inspect", "simple", "--model-opt", "depth=6", "--model-opt", "width=16", "--norm", "none",
             "--init", "normal:0.01", "--input", "1x28x28", "--batch-size", "8", "--activations", "--gradients",
-            "--plot", str(png)]
+            "--out", str(png)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "vanishing" in out and "|dL/dW|" in out and png.exists()
@@ -48,7 +48,7 @@ def test_inspect_activations_writes_no_file_unless_asked(capsys: pytest.CaptureF
             "--batch-size", "4", "--activations"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "std/input" in out and "--plot FILE.png" in out
+    assert "std/input" in out and "--out FILE.png" in out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -72,7 +72,18 @@ def test_bad_input_shape(capsys: pytest.CaptureFixture[str]) -> None:
 def test_inspect_with_real_images(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # noqa: ANN001
     png = tmp_path / "real.png"
     argv = ["inspect", "simple", "--data", "synthetic:classes=3,n=60,size=12,channels=1", "--batch-size", "16",
-            "--activations", "--gradients", "--plot", str(png)]
+            "--activations", "--gradients", "--out", str(png)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "1x12x12 input, 3 classes" in out and "the data's labels" in out and png.exists()
+
+
+def test_inspect_says_when_a_norm_layer_hides_the_init_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    # The README's example once flagged nothing: batch norm (the default) renormalised every layer.
+    argv = ["inspect", "plain20", "--init", "normal:0.01", "--batch-size", "4", "--activations"]
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console may wrap the line
+    assert "vanishing: 0 layer(s)" in out and "hides the init scale" in out and "--norm none" in out
+    assert main([*argv, "--norm", "none"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "hides the init scale" not in out and "vanishing: 0 layer(s)" not in out

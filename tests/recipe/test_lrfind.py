@@ -12,7 +12,9 @@ import torch
 from cnnlab.cli.main import main
 from cnnlab.config import RunConfig, load_run_config
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe.lrfind import LRFindResult, analyse_curve, lr_find, lr_schedule, suggest_lr
+from cnnlab.recipe.lrfind import (
+    MIN_PLOT_SPAN, LRFindResult, analyse_curve, loss_limits, lr_find, lr_schedule, suggest_lr,
+)
 from cnnlab.run import build_model, load_data
 
 DATA = "synthetic:classes=3,n=600,size=12,channels=1"
@@ -147,6 +149,37 @@ def test_same_seed_same_result_and_divergence_stops_early(splits, tmp_path: Path
     assert (tmp_path / "lr_find.png").stat().st_size > 1000
     other = lr_find(_cfg(seed=4), **kwargs)
     assert other.losses != a.losses  # the seed matters
+
+
+def _result(lrs: np.ndarray, losses: np.ndarray) -> LRFindResult:
+    a = analyse_curve(lrs, losses)
+    return LRFindResult(lrs=list(lrs), losses=list(losses), smoothed=[None if np.isnan(v) else float(v) for v in a.smoothed],
+                        suggestion=a.suggestion, rule=a.rule, min_lr=a.min_lr, stopped_early=False)  # fmt: skip
+
+
+def test_plot_of_a_short_flat_sweep_shows_the_curve_and_says_no_clear_descent() -> None:
+    # Before: a 20-step sweep that never descended got a y axis 2.3106-2.3110 tall, which
+    # cut the mini-batch losses off and made noise look like a cliff.
+    lrs = lr_schedule(1e-7, 1e-3, 20)
+    losses = 2.3108 + 0.004 * np.random.default_rng(0).standard_normal(20)
+    result = _result(lrs, losses)
+    low, high = loss_limits(result.losses, np.array([np.nan if v is None else v for v in result.smoothed]))
+    assert high - low >= MIN_PLOT_SPAN * 2.31 and low < losses.min() and losses.max() < high
+    fig = result.figure()
+    ax = fig.axes[0]
+    assert ax.get_ylim() == pytest.approx((low, high))
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "no clear descent" in texts
+
+
+def test_plot_of_a_valley_marks_the_suggestion_and_keeps_the_valley_in_view() -> None:
+    lrs, losses = _until_divergence(LRS, _curve(LRS))
+    result = _result(lrs, losses)
+    ax = result.figure().axes[0]
+    low, high = ax.get_ylim()
+    assert low < 0.4 and 2.3 < high < 3.5  # the whole valley, not the divergent tail
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert f"suggested lr {result.suggestion:.2g}" in texts and "no clear descent" not in texts
 
 
 def test_bad_arguments() -> None:

@@ -180,6 +180,29 @@ def test_report_renders_in_a_real_browser(recipe_dir: Path) -> None:
     assert n_images >= 5  # overfit, lr finder, trials, parameters, curves, confusion
 
 
+def test_report_reads_for_a_person(recipe_dir: Path) -> None:
+    text = (recipe_dir / "report.html").read_text()
+    assert "<p hidden>self-check: <span id='selfcheck'" in text  # the browser test's hook, kept out of sight
+    assert "3 trials, best val acc" in text and "2 trials, best val acc" in text
+    assert "broken parameter tensors (allowed: at most 0)" in text  # not a bare "0 | 0"
+    assert "<th>expected</th>" not in text
+
+
+def test_report_pieces_say_what_they_mean() -> None:
+    from cnnlab.recipe.checks import CheckItem
+    from cnnlab.recipe.html import plural
+    from cnnlab.recipe.report import time_spent
+    from cnnlab.recipe.steps.check import measurement
+
+    assert (plural(1, "trial"), plural(2, "trial"), plural(0, "epoch")) == ("1 trial", "2 trials", "0 epochs")
+    assert measurement(CheckItem("initial-loss", True, 1.1019, 1.0986, "", "~", 0.11)) == "1.102 loss (expected 1.099 ± 0.11)"
+    assert measurement(CheckItem("gradients", True, 0.0, 0.0, "all fine", "<=")) == "0 broken parameter tensors (allowed: at most 0)"
+    assert measurement(CheckItem("weight-decay", True, 0.25, 0.0, "", ">")) == "0.25 loss increase (must be > 0)"
+    assert measurement(CheckItem("batch-independence", True, 0.0, 0.0, "skipped: needs a batch of at least 2 images", "<=")) == "does not apply"
+    assert time_spent(720, 600) == "12.0 min: over the 10 min budget by 2.0 min (+20%); the steps' times below show where it went"
+    assert time_spent(540, 600) == "9.0 min of 10 min" and time_spent(30, None) == "0.5 min"
+
+
 def test_cli_recipe_resume_of_a_missing_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["recipe", "--resume", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err.strip()

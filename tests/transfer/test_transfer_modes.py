@@ -148,7 +148,7 @@ def test_class_subset_selects_and_relabels(make_config) -> None:
 def test_cli_backbone_run_then_eval(backbone_run, tmp_path, capsys) -> None:
     run = tmp_path / "cli"
     code = main(["train", "--data", "synthetic:classes=3,n=300,size=16,channels=1,seed=1", "--backbone", str(backbone_run),
-                 "--transfer", "auto", "--epochs", "2", "--batch-size", "32", "--class-subset", "0-1", "--out", str(run), "--quiet"])  # fmt: skip
+                 "--transfer", "auto", "--epochs", "2", "--batch-size", "32", "--class-subset", "0-1", "--out", str(run)])  # fmt: skip
     assert code == 0
     err = capsys.readouterr().err  # the CLI logs to stderr
     line = next(x for x in err.splitlines() if "transfer auto:" in x)
@@ -160,3 +160,24 @@ def test_cli_backbone_run_then_eval(backbone_run, tmp_path, capsys) -> None:
     assert report.own_data and not report.warnings and report.probs.shape[1] == 2
     assert set(report.labels.tolist()) == {0, 1}
     assert json.loads((run / "summary.json").read_text())["test_acc"] == pytest.approx(report.metrics.accuracy)
+
+
+def test_finetune_labels_its_two_phases_and_the_header_names_the_real_model(backbone_run, make_config, tmp_path, capsys) -> None:
+    from cnnlab.run import header_line, run_training
+    from cnnlab.train.runtime import Runtime
+
+    cfg = make_config(transfer={"backbone": str(backbone_run), "mode": "finetune", "freeze_epochs": 2}, train={"epochs": 2})
+    summary = run_training(cfg, tmp_path / "ft")
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [line.split(" | ")[0].split() for line in lines if " | " in line]
+    assert [" ".join(words) for words in epochs] == [
+        "head (frozen backbone) epoch 1/2", "head (frozen backbone) epoch 2/2", "fine-tune epoch 1/2", "fine-tune epoch 2/2"]
+    splits = load_data(cfg)
+    header = header_line(cfg, build_model(cfg, splits), splits, Runtime.local(torch.device("cpu")))
+    # The header and summary.json name the same model: the body of the backbone run's `simple`, not the default resnet20.
+    assert header.startswith(f"{summary['model']} (") and "simple" in summary["model"] and "resnet20" not in header
+
+
+def test_a_backbone_without_weights_says_it_trains_from_scratch(make_config) -> None:
+    mode, reason = choose_mode(make_config(model={"name": "efficientnet_lite0"}), load_data(make_config()))
+    assert mode == "full" and "efficientnet_lite0 without --pretrained" in reason and "from scratch" in reason

@@ -19,8 +19,9 @@ checks (regularisation off: no dropout, no weight decay, no label smoothing):
   batch-independence  in eval mode, the loss of image i has no gradient w.r.t. image j != i
                       (at most 1e-6 of its own); fails for layers that mix the batch
 
-Takes every `cnnlab train` flag and --config YAML, so it checks exactly the run you are
-about to start. Exit code 0 when every check passes, 1 otherwise.
+Takes --config YAML and the `cnnlab train` flags that shape what it checks (data, model,
+--wd, --batch-size, --seed, --device), so it checks the run you are about to start; give
+the rest of that run's settings in the YAML. Exit code 0 when every check passes, 1 otherwise.
 
 examples:
   cnnlab check --data fashion-mnist --model resnet20
@@ -46,7 +47,19 @@ examples:
   cnnlab overfit --data fashion-mnist --model resnet20
   cnnlab overfit --config run.yaml --batches 1 --steps 500 --out runs/overfit
   cnnlab overfit --data cifar10 --model vgg11 --optimizer sgd --lr 0.05
+
+Takes --config YAML and the `cnnlab train` flags overfitting uses (data, model, optimizer,
+--batch-size, --seed, --device, precision); no schedule, augmentation or regularisation flags.
 """
+
+#: The run flags (dests) that shape the model and its data, which every recipe step uses.
+MODEL_FLAGS = frozenset({"model", "norm", "act", "dropout", "init", "model_opt", "no_prior_bias", "pretrained",
+                         "backbone", "class_subset"})  # fmt: skip
+#: check: the initial loss of a few un-augmented batches, gradients, and the config's weight decay.
+CHECK_FLAGS = MODEL_FLAGS | {"weight_decay", "batch_size", "seed", "device"}
+#: overfit: a constant-lr optimizer (weight decay off) on a fixed subset, in the run's precision.
+OVERFIT_FLAGS = MODEL_FLAGS | {"optimizer", "lr", "momentum", "no_nesterov", "batch_size", "seed", "device", "amp",
+                               "channels_last"}  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )  # fmt: skip
     _add_common(check, "check.json")
-    check.add_argument("--batches", type=number(integer=True, lo=1, hi=1000), default=4, metavar="N", help="training batches the initial loss averages (default 4)")
-    add_run_args(check)
+    check.add_argument("--batches", type=number(integer=True, lo=1, hi=1000), default=4, metavar="N", help="training batches the initial loss averages")
+    add_run_args(check, only=CHECK_FLAGS)
     check.epilog = CHECK_EPILOG
     check.set_defaults(func=_check)
 
@@ -71,9 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )  # fmt: skip
     _add_common(overfit, "overfit.json and overfit.png")
-    overfit.add_argument("--batches", type=number(integer=True, lo=1, hi=1000), default=2, metavar="N", help="the subset holds N x batch-size images (default 2)")
-    overfit.add_argument("--steps", type=number(integer=True, lo=1, hi=1_000_000), default=300, metavar="N", help="step budget (default 300)")
-    add_run_args(overfit)
+    overfit.add_argument("--batches", type=number(integer=True, lo=1, hi=1000), default=2, metavar="N", help="the subset holds N x batch-size images")
+    overfit.add_argument("--steps", type=number(integer=True, lo=1, hi=1_000_000), default=300, metavar="N", help="step budget")
+    add_run_args(overfit, only=OVERFIT_FLAGS)
     overfit.epilog = OVERFIT_EPILOG
     overfit.set_defaults(func=_overfit)
 

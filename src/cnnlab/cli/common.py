@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from cnnlab.config import INT_MAX, SEED_MAX, Range, field_range
@@ -76,26 +77,91 @@ DATA_HELP = (
 )
 
 
-def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, default: str | None = None) -> None:
-    """Add the options that choose and shape a data source (``DataConfig``)."""
+def config_default(section: type, name: str) -> Any:
+    """The default of the config field ``section.name`` (what ``--help`` states for its flag)."""
+    import dataclasses
+
+    for f in dataclasses.fields(section):  # type: ignore[arg-type]
+        if f.name == name:
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    raise KeyError(f"{section.__name__} has no field {name!r}")
+
+
+def states(action: argparse.Action, section: type, name: str) -> argparse.Action:
+    """Let ``--help`` state the config field's default for a flag whose own default is ``None``.
+
+    The flag stays ``None`` when not given (so a YAML value is not hidden by it); ``--help``
+    reads the default from the dataclass, so it is written once, in ``config.py``.
+    """
+    action.stated_default = config_default(section, name)  # type: ignore[attr-defined]
+    return action
+
+
+def add_quiet(parser: Any, keeps: str = "the result") -> argparse.Action:
+    """``--quiet``: the one spelling, in every command, of "no progress lines, only the result"."""
+    return parser.add_argument("--quiet", action="store_true", help=f"no progress lines and no header; still prints {keeps}")
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, default: str | None = None,
+                  of_run: bool = False) -> None:  # fmt: skip
+    """Add the options that choose and shape a data source (``DataConfig``).
+
+    Args:
+        parser: the command's parser.
+        positional: the dataset is required, as ``DATA`` or ``--data DATA`` (``cnnlab data info``);
+            otherwise ``--data`` is optional and defaults to ``default`` or the config's.
+        default: the command's own default dataset (None: ``DataConfig.source``, stated in ``--help``).
+        of_run: the flags change a trained run's own data settings (``cnnlab eval``), which
+            are their defaults; ``--help`` says so instead of the config's defaults.
+    """
     from cnnlab.config import Channels, DataConfig, Normalize, choices
 
     group = parser.add_argument_group("data")
     if positional:
-        group.add_argument("data", metavar="DATA", help=DATA_HELP)
+        # `data info fashion-mnist` and `data info --data fashion-mnist` both work: --data is
+        # the dataset's name in every other command. One of them, once.
+        one = group.add_mutually_exclusive_group(required=True)
+        one.add_argument("data", nargs="?", default=argparse.SUPPRESS, metavar="DATA", help=DATA_HELP)
+        one.add_argument("--data", dest="data", metavar="DATA", help="the same, as a flag")
     else:
-        group.add_argument("--data", default=default, metavar="DATA", help=DATA_HELP)
+        data = group.add_argument("--data", default=default, metavar="DATA", help=DATA_HELP)
+        if default is None:
+            states(data, DataConfig, "source")
     group.add_argument("--data-root", metavar="DIR", help="folder holding (or receiving downloads of) named datasets")
-    group.add_argument("--val-split", type=config_number(DataConfig, "val_split"), metavar="F", help="fraction held out for validation when the source has no val split (default 0.1)")
-    group.add_argument("--test-split", type=config_number(DataConfig, "test_split"), metavar="F", help="fraction held out for test when the source has no test split (default 0.1)")
-    group.add_argument("--split-seed", type=config_number(DataConfig, "split_seed"), metavar="N", help="seed of the stratified hold-out splits (default 0)")
+    for flag, name, metavar, text in [
+        ("--val-split", "val_split", "F", "fraction held out for validation when the source has no val split"),
+        ("--test-split", "test_split", "F", "fraction held out for test when the source has no test split"),
+        ("--split-seed", "split_seed", "N", "seed of the stratified hold-out splits"),
+    ]:
+        states(group.add_argument(flag, type=config_number(DataConfig, name), metavar=metavar, help=text), DataConfig, name)
     group.add_argument("--image-size", type=config_number(DataConfig, "image_size"), metavar="PX", help="resize image folders / CSV images to PX x PX (default: median size, at most 64)")
-    group.add_argument("--channels", type=int, choices=choices(Channels), help="convert to 1 (grayscale) or 3 (RGB) channels")
+    group.add_argument("--channels", type=int, choices=choices(Channels), help="convert to 1 (grayscale) or 3 (RGB) channels (default: the source's)")
     group.add_argument("--no-download", action="store_true", help="never download; fail if the dataset is not on disk")
     group.add_argument("--allow-outside-root", action="store_true",
                        help="let a CSV source list files outside its own folder (../, absolute paths); refused by default")  # fmt: skip
-    group.add_argument("--normalize", choices=choices(Normalize),
-                       help="inputs standardised per channel with the training statistics (default), scaled to [0, 1] (unit), or raw [0, 255]")  # fmt: skip
+    states(group.add_argument("--normalize", choices=choices(Normalize),
+                              help="inputs standardised per channel with the training statistics, scaled to [0, 1] (unit), or raw [0, 255]"),
+           DataConfig, "normalize")  # fmt: skip
+    if of_run:
+        for action in group._group_actions:
+            if action.nargs != 0:  # not the switches
+                action.help = re.sub(r" \(default: [^)]*\)", "", action.help or "")  # the run's, not a new run's
+                action.stated_default = "the run's own"  # type: ignore[attr-defined]
+
+
+def console() -> Any:  # rich.console.Console, imported lazily
+    """The rich console of the CLI's tables and lines.
+
+    On a terminal it uses the terminal's width; piped or redirected (a log, ``| less``, a
+    test) it never wraps: rich would otherwise wrap at 80 columns and split file names.
+    """
+    import sys
+
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=100_000, soft_wrap=True)
 
 
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:

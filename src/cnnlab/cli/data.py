@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import SEED, add_data_args, data_config, number, report_skipped
+from cnnlab.cli.common import SEED, add_data_args, console, data_config, number, report_skipped
+from cnnlab.cli.parser import add_old_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,12 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "made by the same batched code the trainer uses.\n\n" + AUGMENT_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(show, positional=True)
-    show.add_argument("--augment", default="standard", metavar="SPEC", help="augmentation spec (default: standard = flip,crop:4)")
-    show.add_argument("-o", "--output", default="augment.png", metavar="PNG",
-                      help="output file, .png (or .jpg, .pdf, .svg), or a folder for augment.png (default augment.png)")
+    show.add_argument("--augment", default="standard", metavar="SPEC", help="augmentation spec (standard = flip,crop:4)")
+    out = show.add_argument("--out", "-o", default="augment.png", metavar="PNG",
+                            help="output file, .png (or .jpg, .pdf, .svg), or a folder for augment.png")
+    add_old_name(show, "--output", out)
     show.add_argument("--force", action="store_true", help="replace an existing output file (never a file of a run folder)")
-    show.add_argument("-n", "--samples", type=number(integer=True, lo=1, hi=1000), default=8, help="rows (samples), cycling through the classes (default 8)")
-    show.add_argument("--views", type=number(integer=True, lo=1, hi=100), default=6, help="augmented views per sample (default 6)")
+    show.add_argument("-n", "--samples", type=number(integer=True, lo=1, hi=1000), default=8, help="rows (samples), cycling through the classes")
+    show.add_argument("--views", type=number(integer=True, lo=1, hi=100), default=6, help="augmented views per sample")
     show.add_argument("--split", default="train", choices=("train", "val", "test"))
     show.add_argument("--seed", type=SEED, default=0)
     show.set_defaults(func=_show)
@@ -54,24 +56,23 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _info(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     splits = _load(args)
-    console = Console()
+    out = console()
     c, h, w = splits.image_shape
-    console.print(f"[bold]{splits.name}[/]: {len(splits.classes)} classes, images {c}x{h}x{w} (C x H x W), uint8")
+    out.print(f"[bold]{splits.name}[/]: {len(splits.classes)} classes, images {c}x{h}x{w} (C x H x W), uint8")
     table = Table("class", "train", "val", "test")
     counts = [splits.split(s).class_counts() for s in ("train", "val", "test")]
     for i, name in enumerate(splits.classes):
         table.add_row(f"{i}: {name}", *(str(int(cnt[i])) for cnt in counts))
     table.add_section()
     table.add_row("total", *(str(int(cnt.sum())) for cnt in counts))
-    console.print(table)
+    out.print(table)
     train = counts[0]
     ratio = train.max() / max(train.min(), 1)
     verdict = "balanced" if ratio <= 1.5 else "imbalanced: consider --class-weights or --balanced-sampling"
-    console.print(f"largest/smallest training class: {ratio:.2f} ({verdict})")
+    out.print(f"largest/smallest training class: {ratio:.2f} ({verdict})")
     return 0
 
 
@@ -99,7 +100,7 @@ def _show(args: argparse.Namespace) -> int:
     from cnnlab.infer.outputs import check_picture_path, write_error
     from cnnlab.report.plots import image_grid
 
-    output = check_picture_path(args.output, "augment.png", flag="-o", force=args.force)  # before decoding the data
+    output = check_picture_path(args.out, "augment.png", flag="--out", force=args.force)  # before decoding the data
     splits = _load(args)
     part = splits.split(args.split)
     if len(part) == 0:

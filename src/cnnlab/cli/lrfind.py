@@ -5,13 +5,25 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from cnnlab.cli.check import MODEL_FLAGS
+
+#: The run flags the sweep uses: everything a training step uses, except what the sweep
+#: replaces (lr, schedule, epochs) and what only a whole run does (EMA, early stopping,
+#: checkpoints, test-time augmentation, compile).
+LR_FIND_FLAGS = MODEL_FLAGS | {
+    "augment", "optimizer", "momentum", "no_nesterov", "weight_decay", "batch_size", "seed", "label_smoothing",
+    "grad_clip", "deterministic", "class_weights", "balanced_sampling", "train_subset", "device", "amp",
+    "channels_last",
+}  # fmt: skip
+
 _EPILOG = """\
 how the suggestion is chosen (cnnlab/recipe/lrfind.py):
   the first 5% of the steps are ignored (early spikes); the loss is smoothed with a running
   median of 9 (removes spikes) and a forward-backward debiased EMA (no lag towards high LRs);
   the suggestion is where the smoothed loss has fallen half-way from its plateau to its
-  minimum, kept within [min_lr/30, min_lr/3]. Use it as --lr (the peak of the schedule);
-  --lr, --schedule and --epochs are accepted (shared config) but not used by the sweep.
+  minimum, kept within [min_lr/30, min_lr/3]. Use it as --lr (the peak of the schedule).
+  The sweep sets the learning rate itself: --lr, --schedule and --epochs are not taken here
+  (nor are --ema, --tta and the other flags of a whole run); a --config YAML may hold them.
 
 examples:
   cnnlab lr-find --data cifar10 --model resnet20
@@ -44,12 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="YAML", help="a run config (data/model/optim/schedule/train sections)")
     parser.add_argument("--out", metavar="DIR", help="where lr_find.json and lr_find.png go (default runs/lr-find-<model>-<data>-<time>)")
     r = parser.add_argument_group("range test")
-    r.add_argument("--start-lr", type=number(lo=0, lo_open=True), default=1e-7, metavar="LR", help="first learning rate (default 1e-7)")
-    r.add_argument("--end-lr", type=number(lo=0, lo_open=True), default=10.0, metavar="LR", help="last learning rate (default 10)")
-    r.add_argument("--steps", type=number(integer=True, lo=13, hi=1_000_000), default=100, metavar="N", help="mini-batches in the sweep (default 100)")
+    r.add_argument("--start-lr", type=number(lo=0, lo_open=True), default=1e-7, metavar="LR", help="first learning rate")
+    r.add_argument("--end-lr", type=number(lo=0, lo_open=True), default=10.0, metavar="LR", help="last learning rate")
+    r.add_argument("--steps", type=number(integer=True, lo=13, hi=1_000_000), default=100, metavar="N", help="mini-batches in the sweep")
     r.add_argument("--diverge", type=number(lo=1, lo_open=True), default=4.0, metavar="X",
-                   help="stop when the smoothed loss exceeds X times its minimum (default 4)")  # fmt: skip
-    add_run_args(parser)  # sets the augmentation help as the epilog; ours goes first
+                   help="stop when the smoothed loss exceeds X times its minimum")  # fmt: skip
+    add_run_args(parser, only=LR_FIND_FLAGS)  # sets the augmentation help as the epilog; ours goes first
     parser.epilog = _EPILOG + "\n" + (parser.epilog or "")
     parser.set_defaults(func=_lr_find)
 

@@ -32,7 +32,10 @@ COMMANDS: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser of every command (the grammar they share: :mod:`cnnlab.cli.parser`)."""
+    from cnnlab.cli.parser import CnnlabParser
+
+    parser = CnnlabParser(
         prog="cnnlab",
         description="Train CNN image classifiers the right way, and show why.",
     )
@@ -53,21 +56,26 @@ class _StderrHandler(logging.Handler):
         print(self.format(record), file=sys.stderr)
 
 
-def _setup_logging() -> None:
-    """Library modules log to the ``cnnlab`` logger; the CLI shows INFO and above on stderr."""
+def _setup_logging(quiet: bool = False) -> None:
+    """Library modules log to the ``cnnlab`` logger; the CLI shows INFO and above on stderr.
+
+    ``--quiet`` shows warnings and errors only: the INFO lines (the run's header, what a
+    run is about to do) are progress, which --quiet asks not to see.
+    """
     logger = logging.getLogger("cnnlab")
     if not logger.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("cnnlab: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)  # set on every call: tests run several commands
 
 
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging(quiet=bool(getattr(args, "quiet", False)))
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

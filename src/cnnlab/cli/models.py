@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from cnnlab import config as c
-from cnnlab.cli.common import DATA_HELP, SEED, config_number, number
+from cnnlab.cli.common import DATA_HELP, SEED, config_number, console, number
+from cnnlab.cli.parser import add_old_name
 from cnnlab.errors import CnnlabError, UsageError
 
 _DEFAULT_INPUT = "3x32x32"
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--input", metavar="CxHxW[,CxHxW...]",
                         help="add params and multiply-adds columns for these input shapes (a forward pass on the "
                         f"meta device per model and shape; without it: params at {_DEFAULT_INPUT} only)")
-    models.add_argument("--num-classes", type=number(integer=True, lo=1, hi=100_000), default=10, metavar="N", help="classifier outputs (default 10)")
+    models.add_argument("--num-classes", type=number(integer=True, lo=1, hi=100_000), default=10, metavar="N", help="classifier outputs")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table (for docs/models.md)")
     models.add_argument("--norms", action="store_true", help="print which axes each norm averages over, and exit")
     models.set_defaults(func=_models)
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Without flags: a layer table (output shape, parameters, multiply-adds, receptive field). "
         "--activations forwards a batch (N(0,1) noise, or real images with --data) and reports per-layer "
         "mean/std/zeros, flagging vanishing (std < 1/100 of the input's) and exploding (> 100x) layers; "
-        "with --plot PNG it also draws their histograms. --gradients reports per-layer weight-gradient norms after one backward "
+        "with --out PNG it also draws their histograms. --gradients reports per-layer weight-gradient norms after one backward "
         "pass (cross-entropy), flagging layers whose gradient RMS is below 1/1000 (vanishing) or above 1000x (exploding) that of the "
         "last layer before the classifier.",
     )
@@ -46,14 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                          help="any other model option, e.g. spec=c32-p-c64 or depth=10 (repeatable)")
     inspect.add_argument("--depth", type=number(integer=True, lo=0, hi=100), metavar="D", help="layer table: one row per module at nesting depth D")
-    inspect.add_argument("--activations", action="store_true", help="per-layer activation statistics (histograms too with --plot)")
+    inspect.add_argument("--activations", action="store_true", help="per-layer activation statistics (histograms too with --out)")
     inspect.add_argument("--gradients", action="store_true", help="per-layer weight-gradient norms after one backward pass")
     inspect.add_argument("--data", metavar="DATA", help="use real images instead of noise: " + DATA_HELP)
     inspect.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
     inspect.add_argument("--allow-outside-root", action="store_true", help="let a CSV --data list files outside its own folder")
-    inspect.add_argument("--batch-size", type=number(integer=True, lo=1, hi=4096), default=64, metavar="N", help="batch for --activations/--gradients (default 64)")
-    inspect.add_argument("--plot", metavar="PNG", help="--activations: also write their histograms to this PNG file")
-    inspect.add_argument("--seed", type=SEED, default=0, help="seed of the weights, noise and random labels (default 0)")
+    inspect.add_argument("--batch-size", type=number(integer=True, lo=1, hi=4096), default=64, metavar="N", help="batch for --activations/--gradients")
+    out = inspect.add_argument("--out", "-o", metavar="PNG", help="--activations: also write their histograms to this PNG file (default: none written)")
+    add_old_name(inspect, "--plot", out)
+    inspect.add_argument("--seed", type=SEED, default=0, help="seed of the weights, noise and random labels")
     inspect.set_defaults(func=_inspect)
 
 
@@ -84,15 +86,6 @@ def human(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.0f}"
-
-
-def _console():  # noqa: ANN202 - rich.console.Console, imported lazily
-    import sys
-
-    from rich.console import Console
-
-    # Piped output (tests, docs) gets a fixed width instead of rich's 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -131,7 +124,7 @@ def _models(args: argparse.Namespace) -> int:
     table = Table(*header, "description")
     for name, row in zip(names, rows):
         table.add_row(*row, model_info(name).description)
-    _console().print(table)
+    console().print(table)
     return 0
 
 
@@ -169,26 +162,26 @@ def _inspect(args: argparse.Namespace) -> int:
     options = _options(args)
     torch.manual_seed(args.seed)  # the printed statistics depend on the initial weights
     model = create_for_input(args.model, shape, num_classes=num_classes, **options)
-    console = _console()
+    out = console()
     margs = model.model_args
-    console.print(f"[bold]{args.model}[/] for {'x'.join(map(str, shape))} input, {num_classes} classes: "
-                  f"norm={margs.get('norm')} act={margs.get('act')} init={margs.get('init')} dropout={margs.get('dropout')}")
+    out.print(f"[bold]{args.model}[/] for {'x'.join(map(str, shape))} input, {num_classes} classes: "
+              f"norm={margs.get('norm')} act={margs.get('act')} init={margs.get('init')} dropout={margs.get('dropout')}")
     if margs.get("norm") is not None:
-        console.print(f"  {describe_norm(margs['norm'])}")
+        out.print(f"  {describe_norm(margs['norm'])}")
     if not (args.activations or args.gradients):
-        _print_layer_table(console, model, shape, args.depth)
+        _print_layer_table(out, model, shape, args.depth)
         return 0
     if x is None:
         from cnnlab.models.diagnostics import noise_batch
 
         x = noise_batch(shape, args.batch_size, args.seed)
-        console.print(f"input: N(0, 1) noise, batch {args.batch_size}")
+        out.print(f"input: N(0, 1) noise, batch {args.batch_size}")
     else:
-        console.print(f"input: {len(x)} images of {args.data}")
+        out.print(f"input: {len(x)} images of {args.data}")
     if args.activations:
-        _print_activations(console, model, x, args.plot)
+        _print_activations(out, model, x, args.out)
     if args.gradients:
-        _print_gradients(console, model, x, y, args.seed)
+        _print_gradients(out, model, x, y, args.seed)
     return 0
 
 
@@ -232,8 +225,10 @@ def _print_activations(console: Any, model: Any, x: Any, plot: str | None) -> No
     console.print(f"input mean {report.input_mean:.3g}, std {report.input_std:.3g}; flags: vanishing = std below "
                   f"{VANISHING_RATIO:g} x input std, exploding = above {EXPLODING_RATIO:g} x")
     console.print(f"vanishing: {len(report.vanishing)} layer(s), exploding: {len(report.exploding)} layer(s)")
+    if report.norm_note:
+        console.print(f"[yellow]{report.norm_note}[/]")
     if plot is None:  # nothing is written unless asked for
-        console.print("histograms: add --plot FILE.png to draw them")
+        console.print("histograms: add --out FILE.png to draw them")
         return
     margs = getattr(model, "model_args", {})
     title = (f"{margs.get('name', 'model')}: activations by layer "

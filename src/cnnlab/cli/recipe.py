@@ -31,7 +31,7 @@ and report.html (one self-contained page with every step's evidence)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from cnnlab.cli.common import config_number, number
+    from cnnlab.cli.common import add_quiet, config_number, number
     from cnnlab.cli.train import add_run_args
     from cnnlab.config import TrainConfig
 
@@ -50,21 +50,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     again.add_argument("--report", metavar="DIR",
                        help="only rewrite DIR/report.html from the recipe's files (a finished or stopped recipe), e.g. after an upgrade")
     r = parser.add_argument_group("recipe")
-    r.add_argument("--budget", default="30m", metavar="TIME", help="wall time for everything, e.g. 10m, 1h (default 30m)")
+    r.add_argument("--budget", default="30m", metavar="TIME", help="wall time for everything, e.g. 10m, 1h")
     r.add_argument("--trials", type=number(integer=True, lo=1), metavar="N", help="at most N trials per search stage (default: as many as the budget allows)")
-    r.add_argument("--coarse-epochs", type=config_number(TrainConfig, "epochs"), default=2, metavar="N", help="epochs per coarse trial (default 2)")
-    r.add_argument("--refine-epochs", type=config_number(TrainConfig, "epochs"), default=4, metavar="N", help="epochs per refine trial (default 4)")
-    r.add_argument("--search-subset", type=number(integer=True, lo=0), default=10000, metavar="N", help="training images per search trial, stratified (default 10000; 0 = all)")
+    r.add_argument("--coarse-epochs", type=config_number(TrainConfig, "epochs"), default=2, metavar="N", help="epochs per coarse trial")
+    r.add_argument("--refine-epochs", type=config_number(TrainConfig, "epochs"), default=4, metavar="N", help="epochs per refine trial")
+    r.add_argument("--search-subset", type=number(integer=True, lo=0), default=10000, metavar="N", help="training images per search trial, stratified (0 = all)")
     r.add_argument("--final-epochs", type=config_number(TrainConfig, "epochs"), metavar="N", help="epochs of the final training (default: what the budget left allows, 3-30)")
-    r.add_argument("--rounds", type=number(integer=True, lo=1, hi=100), default=3, metavar="N", help="refine/diagnose rounds at most (default 3)")
+    r.add_argument("--rounds", type=number(integer=True, lo=1, hi=100), default=3, metavar="N", help="refine/diagnose rounds at most")
     r.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     r.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha")
-    r.add_argument("--workers", type=number(integer=True, lo=1, hi=256), default=1, metavar="N", help="local worker processes per search (default 1)")
+    r.add_argument("--workers", type=number(integer=True, lo=1, hi=256), default=1, metavar="N", help="local worker processes per search")
     r.add_argument("--storage", metavar="URL",
                    help="Optuna storage, e.g. postgresql://user@host/db (default: a journal file in the folder; env "
                    "CNNLAB_STORAGE). recipe.json keeps it with the password masked: give it again with --resume")  # fmt: skip
     r.add_argument("--keep-going", action="store_true", help="search even when the check or the overfit test fails")
-    r.add_argument("--quiet", action="store_true", help="no per-epoch lines from the final training")
+    add_quiet(r, "each step's result and the report's path")
     add_run_args(parser)
     parser.epilog = EPILOG
     parser.set_defaults(func=_recipe)

@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from cnnlab.cli.common import SEED, config_number, number, parse_duration
+from cnnlab.cli.common import SEED, add_quiet, config_number, number, parse_duration
+from cnnlab.cli.parser import add_old_name
 from cnnlab.cli.train import add_run_args, run_overrides
 from cnnlab import config as c
 from cnnlab.errors import CnnlabError
@@ -54,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_args(parser)
     parser.epilog = EXAMPLES  # add_run_args sets the augmentation help as epilog
     s = parser.add_argument_group("search")
-    s.add_argument("--stage", choices=("coarse", "refine"), default="coarse", help="coarse (default: 3 epochs, 20 trials) or refine (8 epochs, 10 trials)")
+    s.add_argument("--stage", choices=("coarse", "refine"), default="coarse", help="coarse (3 epochs, 20 trials) or refine (8 epochs, 10 trials)")
     s.add_argument("--from", dest="from_dir", metavar="DIR", help="refine: the coarse search folder whose best trials define the narrowed ranges")
-    s.add_argument("--top-k", type=number(integer=True, lo=1), default=5, metavar="K", help="refine: narrow around the K best coarse trials (default 5)")
+    s.add_argument("--top-k", type=number(integer=True, lo=1), default=5, metavar="K", help="refine: narrow around the K best coarse trials")
     s.add_argument("--lr-center", type=number(lo=0, lo_open=True), metavar="LR", help="search LR log-uniformly in [LR/10, LR*10] (default: --lr or the config's)")
     s.add_argument("--lr-range", type=number(lo=0, lo_open=True), nargs=2, metavar=("LO", "HI"), help="search LR log-uniformly in [LO, HI]")
     s.add_argument("--wd-range", type=number(lo=0, lo_open=True), nargs=2, metavar=("LO", "HI"), help="weight decay range, log-uniform (default 1e-6 1e-2; 1e-6 is in effect none)")
@@ -68,17 +69,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--budget", metavar="TIME", help="start no trial after this long: 600s, 30m, 2h (running trials finish)")
     s.add_argument("--epochs", type=config_number(c.TrainConfig, "epochs"), metavar="N", help="epochs per trial (default 3 coarse, 8 refine)")
     s.add_argument("--final-epochs", type=config_number(c.TrainConfig, "epochs"), metavar="N", help="train.epochs written to best.yaml (default: the config's)")
-    s.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="TPE (default, seeded) or random search")
-    s.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha", help="default asha: successive halving, rungs at 1, 3, 9 epochs, keeps the best third")
-    s.add_argument("--sampler-seed", type=SEED, default=0, metavar="N", help="sampler seed (default 0); --seed is the trials' training seed")
-    s.add_argument("--workers", type=number(integer=True, lo=1, hi=256), default=1, metavar="N", help="local worker processes sharing the study (default 1)")
-    s.add_argument("--storage", metavar="URL", default=os.environ.get("CNNLAB_STORAGE"), help="postgresql://USER@HOST:PORT/DB, sqlite:///FILE or journal:PATH (default OUT/study.journal; env CNNLAB_STORAGE)")
-    s.add_argument("--heartbeat", type=number(integer=True, lo=1, hi=86400), default=10, metavar="S", help="database storage: heartbeat of running trials; silent for 3 heartbeats = FAIL (default 10)")
+    s.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="TPE (seeded) or random search")
+    s.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha", help="asha: successive halving, rungs at 1, 3, 9 epochs, keeps the best third")
+    s.add_argument("--sampler-seed", type=SEED, default=0, metavar="N", help="sampler seed; --seed is the trials' training seed")
+    s.add_argument("--workers", type=number(integer=True, lo=1, hi=256), default=1, metavar="N", help="local worker processes sharing the study")
+    # the environment is read when the command runs, not here: --help must never print a password
+    s.add_argument("--storage", metavar="URL", help="postgresql://USER@HOST:PORT/DB, sqlite:///FILE or journal:PATH (default: env CNNLAB_STORAGE, else OUT/study.journal)")
+    s.add_argument("--heartbeat", type=number(integer=True, lo=1, hi=86400), default=10, metavar="S", help="database storage: heartbeat of running trials; silent for 3 heartbeats = FAIL")
     s.add_argument("--study", metavar="NAME", help="study name (default cnnlab-<stage>-<out folder name>)")
     s.add_argument("--join", metavar="STUDY", help="add this process as a worker to a running study in --storage (needs nothing else)")
     s.add_argument("--out", metavar="DIR", help="search folder (default runs/search-<stage>-<time>; with --from: DIR-refine)")
-    s.add_argument("--verbose", action="store_true", help="print every trial's epoch lines")
-    s.add_argument("--quiet", action="store_true", help="print no per-trial lines and no table")
+    quiet = add_quiet(s, "the table of trials and the best one")
+    add_old_name(s, "--verbose", quiet, value=False,
+                 note="is deprecated and goes in the next release: every trial's epoch lines show by default now (--quiet hides them)")
     parser.set_defaults(func=_search)
 
 
@@ -142,7 +145,7 @@ def _space(args: argparse.Namespace, cfg: Any, refined: Any = None) -> Any:
 def _search(args: argparse.Namespace) -> int:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING if args.quiet else optuna.logging.INFO)
     try:
         return _join(args) if args.join else _own(args)
     except KeyboardInterrupt:
@@ -171,13 +174,17 @@ def _own(args: argparse.Namespace) -> int:
     cfg = _base_config(args, base)
     space = _space(args, cfg, refined)
     out = args.out or _default_out(args)
-    result = run_search(cfg, space, stage=args.stage, out_dir=out, study_name=args.study, storage=args.storage,
+    result = run_search(cfg, space, stage=args.stage, out_dir=out, study_name=args.study, storage=_storage(args),
                         n_trials=args.trials, timeout=parse_duration(args.budget), epochs=args.epochs,
                         sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.sampler_seed,
-                        verbose=args.verbose, heartbeat=args.heartbeat, origin=origin)  # fmt: skip
-    if not args.quiet:
-        _print_result(result)
+                        verbose=not args.quiet, heartbeat=args.heartbeat, origin=origin)  # fmt: skip
+    _print_result(result)  # the result: printed under --quiet too
     return 0
+
+
+def _storage(args: argparse.Namespace) -> str | None:
+    """--storage, else the environment's CNNLAB_STORAGE (None: the journal file in the search folder)."""
+    return args.storage or os.environ.get("CNNLAB_STORAGE")
 
 
 def _default_out(args: argparse.Namespace) -> str:
@@ -194,11 +201,11 @@ def _join(args: argparse.Namespace) -> int:
     from cnnlab.errors import CnnlabError
     from cnnlab.recipe.search import join_search
 
-    if not args.storage:
+    storage = _storage(args)
+    if not storage:
         raise CnnlabError("--join needs --storage URL (the study's database or journal file), or env CNNLAB_STORAGE")
-    result = join_search(args.join, args.storage, out_dir=args.out, seed=args.sampler_seed or None, verbose=args.verbose)
-    if not args.quiet:
-        _print_result(result)
+    result = join_search(args.join, storage, out_dir=args.out, seed=args.sampler_seed or None, verbose=not args.quiet)
+    _print_result(result)
     return 0
 
 

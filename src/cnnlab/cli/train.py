@@ -5,61 +5,99 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cnnlab.cli.common import add_data_args, data_overrides
+from cnnlab.cli.common import add_data_args, add_quiet, data_overrides
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """Flags for every field of a RunConfig (None = not given, so YAML/defaults stay)."""
+class _Flags:
+    """Adds the run flags a command uses (``only``; all when None) to one group of its parser."""
+
+    def __init__(self, parser: argparse.ArgumentParser, group: Any, only: frozenset[str] | None) -> None:
+        self.parser, self.group, self.only = parser, group, only
+
+    def __call__(self, *flags: str, field: tuple[type, str] | None = None, **kwargs: Any) -> None:
+        """Add one flag; ``field`` (section, name): the config field it sets, whose range and default it states."""
+        from cnnlab.cli.common import config_number, states
+
+        dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if self.only is not None and dest not in self.only:
+            if hasattr(self.parser, "not_taken"):  # its error then says why, rather than "did you mean"
+                for flag in flags:
+                    self.parser.not_taken[flag] = f"a `cnnlab train` flag that {self.parser.prog.split()[-1]} does not use"
+            return
+        if field is not None and "type" not in kwargs and kwargs.get("action") is None:
+            try:  # a numeric field: checked against its range, which --help states
+                kwargs["type"] = config_number(*field)
+            except KeyError:
+                pass
+        action = self.group.add_argument(*flags, **kwargs)
+        if field is not None:
+            states(action, *field)
+
+    add_argument = __call__  # the argparse spelling works too
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None = None) -> None:
+    """Flags for the fields of a RunConfig (None = not given, so YAML/defaults stay).
+
+    Args:
+        parser: the command's parser.
+        only: the dests of the run flags this command uses (the data flags always); a
+            command is offered, and accepts, no flag it would ignore. None: every flag.
+    """
     from cnnlab import config as c
-    from cnnlab.cli.common import config_number as num  # each flag checked against its config field's range
     from cnnlab.data.augment_help import AUGMENT_HELP
 
     add_data_args(parser)
-    parser.add_argument("--augment", metavar="SPEC", help="batched augmentation, e.g. flip,crop:4,cutout:8 or standard (see below)")
-    m = parser.add_argument_group("model")
-    m.add_argument("--model", metavar="NAME", help="a registered model (`cnnlab models`), default resnet20")
-    m.add_argument("--norm", metavar="NORM", help=f"{' | '.join(c.choices(c.NormName))}; group:G sets the group count")
-    m.add_argument("--act", type=str.lower, choices=c.choices(c.Activation))
-    m.add_argument("--dropout", type=num(c.ModelConfig, "dropout"), metavar="P", help="dropout probability in the head")
-    m.add_argument("--init", metavar="INIT", help=f"{' | '.join(c.choices(c.InitName))}; normal:STD sets the std")
-    m.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="any other model option, e.g. spec=c32-p-c64-p (repeatable)")
-    m.add_argument("--no-prior-bias", action="store_true", help="do not set the classifier bias from the class priors")
-    o = parser.add_argument_group("optimizer and schedule")
-    o.add_argument("--optimizer", choices=c.choices(c.OptimizerName))
-    o.add_argument("--lr", type=num(c.OptimConfig, "lr"), help="peak learning rate (default 0.1)")
-    o.add_argument("--momentum", type=num(c.OptimConfig, "momentum"))
-    o.add_argument("--no-nesterov", action="store_true")
-    o.add_argument("--wd", "--weight-decay", dest="weight_decay", type=num(c.OptimConfig, "weight_decay"), help="weight decay (not on norm parameters or biases)")
-    o.add_argument("--schedule", choices=c.choices(c.ScheduleName))
-    o.add_argument("--warmup", type=num(c.ScheduleConfig, "warmup_epochs"), metavar="EPOCHS", help="linear warmup epochs")
-    t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=num(c.TrainConfig, "epochs"))
-    t.add_argument("--batch-size", type=num(c.TrainConfig, "batch_size"))
-    t.add_argument("--seed", type=num(c.TrainConfig, "seed"))
-    t.add_argument("--label-smoothing", type=num(c.TrainConfig, "label_smoothing"))
-    t.add_argument("--grad-clip", type=num(c.TrainConfig, "grad_clip"), metavar="NORM")
-    t.add_argument("--ema", type=num(c.TrainConfig, "ema"), metavar="DECAY", help="evaluate an exponential moving average of the weights, e.g. 0.999")
-    t.add_argument("--early-stopping", type=num(c.TrainConfig, "early_stopping"), metavar="EPOCHS", help="stop after this many epochs without a lower validation loss")
-    t.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
-    t.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
-    t.add_argument("--balanced-sampling", action="store_true", help="sample training images inversely to class frequency")
-    t.add_argument("--train-subset", type=num(c.TrainConfig, "train_subset"), metavar="N", help="train on a stratified subset of N images")
-    t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
-    t.add_argument("--amp", choices=c.choices(c.AmpMode), help="mixed precision (auto: bf16 on CUDA)")
-    t.add_argument("--channels-last", choices=c.choices(c.ChannelsLast))
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--tta", action="store_true", help="flip test-time augmentation in the final test evaluation")
-    t.add_argument("--checkpoint-minutes", type=num(c.TrainConfig, "checkpoint_minutes"), help="also checkpoint mid-epoch this often (default 10)")
-    x = parser.add_argument_group("transfer learning (docs/transfer.md)")
-    x.add_argument("--pretrained", action="store_true", help="load the backbone's pretrained weights (--model timm:NAME, torchvision:NAME, efficientnet_lite0)")
-    x.add_argument("--transfer", choices=c.choices(c.TransferMode), help="freeze the backbone and train a new head on cached features, fine-tune it, or pick by training-set size")
-    x.add_argument("--backbone", metavar="RUN", help="a cnnlab run folder or checkpoint whose body becomes the backbone")
-    x.add_argument("--feature-views", type=num(c.TransferConfig, "feature_views"), metavar="K", help="feature-extract: also cache K augmented copies of the training features (needs --augment)")
-    x.add_argument("--freeze-epochs", type=num(c.TransferConfig, "freeze_epochs"), metavar="N", help="finetune: epochs with the backbone frozen first (default 1)")
-    x.add_argument("--backbone-lr-ratio", type=num(c.TransferConfig, "backbone_lr_ratio"), metavar="R", help="finetune: backbone lr = lr * R (default 0.1)")
-    x.add_argument("--finetune-norm", choices=c.choices(c.TransferNorm), help="finetune: norm layers learn (train, default) or stay fixed in eval mode (frozen)")
-    x.add_argument("--class-subset", metavar="LIST", help="keep only these class indices, relabelled in order: 0-4 or 5,6,7")
-    parser.epilog = AUGMENT_HELP
+    own = "(default: the model's own)"
+    _Flags(parser, parser, only)("--augment", field=(c.DataConfig, "augment"), metavar="SPEC", help="batched augmentation, e.g. flip,crop:4,cutout:8 or standard (see below)")
+    m = _Flags(parser, parser.add_argument_group("model"), only)
+    m("--model", field=(c.ModelConfig, "name"), metavar="NAME", help="a registered model (`cnnlab models`)")
+    m("--norm", metavar="NORM", help=f"{' | '.join(c.choices(c.NormName))}; group:G sets the group count {own}")
+    m("--act", type=str.lower, choices=c.choices(c.Activation), help=own)
+    m("--dropout", field=(c.ModelConfig, "dropout"), metavar="P", help=f"dropout probability in the head {own}")
+    m("--init", metavar="INIT", help=f"{' | '.join(c.choices(c.InitName))}; normal:STD sets the std {own}")
+    m("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="any other model option, e.g. spec=c32-p-c64-p (repeatable)")
+    m("--no-prior-bias", action="store_true", help="do not set the classifier bias from the class priors")
+    o = _Flags(parser, parser.add_argument_group("optimizer and schedule"), only)
+    o("--optimizer", field=(c.OptimConfig, "name"), choices=c.choices(c.OptimizerName))
+    o("--lr", field=(c.OptimConfig, "lr"), help="peak learning rate")
+    o("--momentum", field=(c.OptimConfig, "momentum"), help="sgd only")
+    o("--no-nesterov", action="store_true", help="sgd: plain momentum instead of Nesterov's")
+    o("--wd", "--weight-decay", dest="weight_decay", field=(c.OptimConfig, "weight_decay"), help="weight decay (not on norm parameters or biases)")
+    o("--schedule", field=(c.ScheduleConfig, "name"), choices=c.choices(c.ScheduleName))
+    o("--warmup", field=(c.ScheduleConfig, "warmup_epochs"), metavar="EPOCHS", help="linear warmup epochs")
+    t = _Flags(parser, parser.add_argument_group("training"), only)
+    t("--epochs", field=(c.TrainConfig, "epochs"))
+    t("--batch-size", field=(c.TrainConfig, "batch_size"))
+    t("--seed", field=(c.TrainConfig, "seed"))
+    t("--label-smoothing", field=(c.TrainConfig, "label_smoothing"))
+    t("--grad-clip", field=(c.TrainConfig, "grad_clip"), metavar="NORM", help="clip the gradient norm (default: no clipping)")
+    t("--ema", field=(c.TrainConfig, "ema"), metavar="DECAY", help="evaluate an exponential moving average of the weights, e.g. 0.999 (default: off)")
+    t("--early-stopping", field=(c.TrainConfig, "early_stopping"), metavar="EPOCHS", help="stop after this many epochs without a lower validation loss (default: off)")
+    t("--deterministic", action="store_true", help="deterministic algorithms only")
+    t("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    t("--balanced-sampling", action="store_true", help="sample training images inversely to class frequency")
+    t("--train-subset", field=(c.TrainConfig, "train_subset"), metavar="N", help="train on a stratified subset of N images (default: all)")
+    t("--val-subset", field=(c.TrainConfig, "val_subset"), metavar="N",
+      help="validate each epoch on a stratified subset of N validation images, chosen by --seed: quicker short runs; "
+           "the test split stays whole (default: all)")  # fmt: skip
+    t("--device", field=(c.TrainConfig, "device"), help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    t("--amp", field=(c.TrainConfig, "amp"), choices=c.choices(c.AmpMode), help="mixed precision (auto: bf16 on CUDA)")
+    t("--channels-last", field=(c.TrainConfig, "channels_last"), choices=c.choices(c.ChannelsLast))
+    t("--compile", action="store_true", help="torch.compile the model")
+    t("--tta", action="store_true", help="flip test-time augmentation in the final test evaluation")
+    t("--checkpoint-minutes", field=(c.TrainConfig, "checkpoint_minutes"), help="also checkpoint mid-epoch this often")
+    x = _Flags(parser, parser.add_argument_group("transfer learning (docs/transfer.md)"), only)
+    x("--pretrained", action="store_true", help="load the backbone's pretrained weights (--model timm:NAME, torchvision:NAME, efficientnet_lite0)")
+    x("--transfer", field=(c.TransferConfig, "mode"), choices=c.choices(c.TransferMode), help="freeze the backbone and train a new head on cached features, fine-tune it, or pick by training-set size (default: train every layer at one lr)")
+    x("--backbone", metavar="RUN", help="a cnnlab run folder or checkpoint whose body becomes the backbone")
+    x("--feature-views", field=(c.TransferConfig, "feature_views"), metavar="K", help="feature-extract: also cache K augmented copies of the training features (needs --augment)")
+    x("--freeze-epochs", field=(c.TransferConfig, "freeze_epochs"), metavar="N", help="finetune: epochs with the backbone frozen first")
+    x("--backbone-lr-ratio", field=(c.TransferConfig, "backbone_lr_ratio"), metavar="R", help="finetune: backbone lr = lr * R")
+    x("--finetune-norm", field=(c.TransferConfig, "norm"), choices=c.choices(c.TransferNorm), help="finetune: norm layers learn (train) or stay fixed in eval mode (frozen)")
+    x("--class-subset", metavar="LIST", help="keep only these class indices, relabelled in order: 0-4 or 5,6,7")
+    if only is None or "augment" in only:
+        parser.epilog = AUGMENT_HELP
 
 
 def _parse_value(text: str) -> Any:
@@ -116,27 +154,32 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Nested overrides for ``load_run_config`` from the parsed flags."""
-    options = parse_model_options(args.model_opt)
-    flag = lambda v: True if v else None  # noqa: E731 - store_true flags override only when given
+    """Nested overrides for ``load_run_config`` from the parsed flags.
+
+    A flag the command does not offer (``add_run_args(only=...)``) is not in ``args``: it
+    reads as not given.
+    """
+    g = lambda name: getattr(args, name, None)  # noqa: E731 - a flag this command does not take is None
+    flag = lambda name: True if g(name) else None  # noqa: E731 - store_true flags override only when given
+    off = lambda name: False if g(name) else None  # noqa: E731 - a --no-X flag turns X off only when given
+    options = parse_model_options(g("model_opt") or [])
     return {
-        "data": {**data_overrides(args), "augment": args.augment, "class_subset": parse_class_list(args.class_subset)},
-        "model": {"name": args.model, "norm": args.norm, "act": args.act, "dropout": args.dropout, "init": args.init,
-                  "options": options or None, "prior_bias": False if args.no_prior_bias else None,
-                  "pretrained": flag(args.pretrained)},
-        "transfer": {"mode": args.transfer, "backbone": args.backbone, "feature_views": args.feature_views,
-                     "freeze_epochs": args.freeze_epochs, "backbone_lr_ratio": args.backbone_lr_ratio,
-                     "norm": args.finetune_norm},
-        "optim": {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
-                  "nesterov": False if args.no_nesterov else None},
-        "schedule": {"name": args.schedule, "warmup_epochs": args.warmup},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-                  "label_smoothing": args.label_smoothing, "grad_clip": args.grad_clip, "ema": args.ema,
-                  "early_stopping": args.early_stopping, "deterministic": flag(args.deterministic),
-                  "class_weights": flag(args.class_weights), "balanced_sampling": flag(args.balanced_sampling),
-                  "train_subset": args.train_subset, "device": args.device, "amp": args.amp,
-                  "channels_last": args.channels_last, "compile": flag(args.compile), "tta": flag(args.tta),
-                  "checkpoint_minutes": args.checkpoint_minutes},
+        "data": {**data_overrides(args), "augment": g("augment"), "class_subset": parse_class_list(g("class_subset"))},
+        "model": {"name": g("model"), "norm": g("norm"), "act": g("act"), "dropout": g("dropout"), "init": g("init"),
+                  "options": options or None, "prior_bias": off("no_prior_bias"), "pretrained": flag("pretrained")},
+        "transfer": {"mode": g("transfer"), "backbone": g("backbone"), "feature_views": g("feature_views"),
+                     "freeze_epochs": g("freeze_epochs"), "backbone_lr_ratio": g("backbone_lr_ratio"),
+                     "norm": g("finetune_norm")},
+        "optim": {"name": g("optimizer"), "lr": g("lr"), "momentum": g("momentum"), "weight_decay": g("weight_decay"),
+                  "nesterov": off("no_nesterov")},
+        "schedule": {"name": g("schedule"), "warmup_epochs": g("warmup")},
+        "train": {"epochs": g("epochs"), "batch_size": g("batch_size"), "seed": g("seed"),
+                  "label_smoothing": g("label_smoothing"), "grad_clip": g("grad_clip"), "ema": g("ema"),
+                  "early_stopping": g("early_stopping"), "deterministic": flag("deterministic"),
+                  "class_weights": flag("class_weights"), "balanced_sampling": flag("balanced_sampling"),
+                  "train_subset": g("train_subset"), "val_subset": g("val_subset"), "device": g("device"), "amp": g("amp"),
+                  "channels_last": g("channels_last"), "compile": flag("compile"), "tta": flag("tta"),
+                  "checkpoint_minutes": g("checkpoint_minutes")},
     }  # fmt: skip
 
 
@@ -153,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="the run folder, new or empty (default runs/<model>-<data>-<time>)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped, "
                         "with its own settings (other flags are refused, except --device and --checkpoint-minutes)")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    add_quiet(parser, "the test result line")
     add_run_args(parser)
     parser.set_defaults(func=_train)
 

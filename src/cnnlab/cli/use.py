@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.common import add_data_args, data_overrides, number
+from cnnlab.cli.common import console as make_console
+from cnnlab.cli.parser import add_old_name
 
 _MODEL_HELP = "a run folder (uses its best.pt, else last.pt), a .pt checkpoint or a .safetensors export"
 
@@ -59,7 +61,7 @@ that run's own exports (best.onnx, last.safetensors, ...) or evaluation (eval.js
 
 examples:
   cnnlab export runs/myrun --format onnx                # writes runs/myrun/best.onnx
-  cnnlab export runs/myrun/last.pt --format safetensors -o model.safetensors
+  cnnlab export runs/myrun/last.pt --format safetensors --out model.safetensors
 """
 
 
@@ -73,13 +75,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EVAL_EPILOG, formatter_class=fmt,
     )  # fmt: skip
     ev.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
-    ev.add_argument("--split", default="test", choices=("test", "val", "train"), help="the split to evaluate (default test)")
+    ev.add_argument("--split", default="test", choices=("test", "val", "train"), help="the split to evaluate")
     ev.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror image")
     ev.add_argument("--out", metavar="DIR", help="folder for eval.json, confusion.png, top_losses.png (default: see below)")
     ev.add_argument("--force", action="store_true", help="replace the files of an earlier evaluation in --out DIR")
-    ev.add_argument("--top-losses", type=number(integer=True, lo=0, hi=1000), default=24, metavar="N", help="images in top_losses.png (default 24)")
+    ev.add_argument("--top-losses", type=number(integer=True, lo=0, hi=1000), default=24, metavar="N", help="images in top_losses.png")
     _add_runtime_args(ev, "the run's eval batch size")
-    add_data_args(ev)
+    add_data_args(ev, of_run=True)
     ev.set_defaults(func=_eval)
 
     pr = subparsers.add_parser(
@@ -89,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     pr.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
-    pr.add_argument("--topk", type=number(integer=True, lo=1), default=3, metavar="K", help="classes to show per image (default 3)")
+    pr.add_argument("--topk", type=number(integer=True, lo=1), default=3, metavar="K", help="classes to show per image")
     pr.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     _add_runtime_args(pr, "256")
     pr.set_defaults(func=_predict)
@@ -97,22 +99,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex = subparsers.add_parser(
         "export", help="export a trained model to ONNX, TorchScript or safetensors",
         description="Export a trained model, verify the export against PyTorch, and write it next to the "
-        "checkpoint (or to -o).", epilog=EXPORT_EPILOG, formatter_class=fmt,
+        "checkpoint (or to --out).", epilog=EXPORT_EPILOG, formatter_class=fmt,
     )  # fmt: skip
     ex.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"), help="the export format")
-    ex.add_argument("-o", "--output", metavar="PATH", help="the file (or folder, or path ending in /) to write (default: next to the checkpoint)")
+    out = ex.add_argument("--out", "-o", metavar="PATH", help="the file (or folder, or path ending in /) to write (default: next to the checkpoint)")
+    add_old_name(ex, "--output", out)
     ex.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint or another file of a run folder)")
     ex.set_defaults(func=_export)
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser, batch_default: str) -> None:
-    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available) | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=number(integer=True, lo=1), metavar="N", help=f"images per forward pass (default: {batch_default})")
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from cnnlab.infer.evaluate import plan_evaluation, write_report
@@ -121,7 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
     out = plan.output_dir(args.out, force=args.force)  # refused before the work, not after it
     report = plan.run(args.batch_size)
     paths = write_report(report, out, limit=args.top_losses)
-    console = Console()
+    console = make_console()
     m = report.metrics
     tta = " with flip TTA" if report.tta else ""
     where = f"{report.data_name}, {report.split} split ({m.n} images){tta}"
@@ -160,7 +162,6 @@ def _predict(args: argparse.Namespace) -> int:
             failed += p.error is not None
             print(json_dumps(p.as_dict()), flush=True)  # strict JSON: a NaN probability is null
         return 1 if failed else 0
-    from rich.console import Console
     from rich.table import Table
 
     k = min(args.topk, len(predictor.classes))
@@ -168,7 +169,10 @@ def _predict(args: argparse.Namespace) -> int:
     table.add_column("file", overflow="fold")  # a path is useless when cut short
     for title in ("prediction", "prob") if k == 1 else [f"#{i + 1}" for i in range(k)]:
         table.add_column(title)
+    converted = []  # files the model saw only after a conversion (said under the table)
     for p in predictions:
+        if p.converted or p.warning:
+            converted.append(p)
         if p.error is not None:
             failed += 1
             table.add_row(readable(p.path), f"[red]error: {p.error}[/]")
@@ -176,8 +180,15 @@ def _predict(args: argparse.Namespace) -> int:
             table.add_row(readable(p.path), p.classes[0], f"{p.probs[0]:.1%}")
         else:
             table.add_row(readable(p.path), *(f"{c} {q:.1%}" for c, q in zip(p.classes, p.probs)))
-    console = Console()
+    console = make_console()
     console.print(table)
+    from rich.markup import escape
+
+    for p in converted:
+        if p.converted:
+            console.print(f"converted {escape(readable(p.path))}: {escape('; '.join(p.converted))}", soft_wrap=True)
+        if p.warning:
+            console.print(f"[yellow]warning:[/] {escape(readable(p.path))}: {escape(p.warning)}", soft_wrap=True)
     if failed:
         console.print(f"[red]{failed} of {len(files)} file(s) could not be read[/]")
     return 1 if failed else 0
@@ -186,7 +197,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cnnlab.infer.export import export_model
 
-    result = export_model(args.checkpoint, args.format, args.output, force=args.force)
+    result = export_model(args.checkpoint, args.format, args.out, force=args.force)
     if result.max_abs_diff is not None:
         check = f"checked with {result.checked_with}: max |diff| vs PyTorch {result.max_abs_diff:.2e}"
     else:

@@ -29,6 +29,7 @@ from cnnlab.io import atomic_write_json
 from cnnlab.report.plots import captioned_grid, confusion_plot
 from cnnlab.train.loop import evaluate
 from cnnlab.train.metrics import ClassificationMetrics, classification_metrics
+from cnnlab.train.progress import PassProgress
 
 TOP_LOSSES = 24  # images in top_losses.png
 
@@ -265,7 +266,9 @@ class Evaluation:
         if len(part) == 0:
             raise CnnlabError(f"the {self.split} split of {splits.name} is empty; choose another --split")
         batch_size = batch_size or int((pred.config or {}).get("train", {}).get("eval_batch_size", 512))
-        result = evaluate(pred.model, pred.loader(part, batch_size), pred.runtime, tta=self.tta, keep_outputs=True)
+        loader = pred.loader(part, batch_size)
+        with PassProgress(f"evaluating the {self.split} split", len(loader)) as bar:  # drawn on a terminal, when slow
+            result = evaluate(pred.model, loader, pred.runtime, tta=self.tta, keep_outputs=True, progress=bar)
         assert result.logits is not None and result.labels is not None  # keep_outputs=True
         metrics = classification_metrics(result.logits, result.labels, pred.classes)
         bad = int((~torch.isfinite(result.logits).all(1)).sum())

@@ -200,7 +200,7 @@ def export_target(checkpoint: str | Path, fmt: str, output: str | Path | None = 
         target = Path(output)
     if target.exists() and _same_file(target, source):
         raise UsageError(f"refusing to overwrite the checkpoint {source} with its own export; choose another -o")
-    return check_output_file(target, flag="-o", force=force, own_run=source.parent, kind=f"{fmt} export")
+    return check_output_file(target, flag="--out", force=force, own_run=source.parent, kind=f"{fmt} export")
 
 
 def _same_file(a: Path, b: Path) -> bool:

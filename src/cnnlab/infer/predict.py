@@ -48,6 +48,9 @@ class Prediction:
         classes: their names.
         probs: their softmax probabilities.
         error: why the file could not be used (None on success).
+        converted: what decoding changed to give the model its input: colour mode and size,
+            e.g. ``("mode RGBA -> L (transparency composited onto white)", "size 300x100 -> 12x12 ...")``.
+        warning: why the prediction may mean little (an input far from the training size).
     """
 
     path: str
@@ -55,15 +58,17 @@ class Prediction:
     classes: tuple[str, ...] = ()
     probs: tuple[float, ...] = ()
     error: str | None = None
+    converted: tuple[str, ...] = ()
+    warning: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data for a JSON line."""
+        """Plain data for a JSON line (``converted`` is a list, ``warning`` null when there is none)."""
         # A file name that is not UTF-8 is shown with \xNN escapes: a lone surrogate is not valid JSON text.
         name = readable(self.path)
         if self.error is not None:
             return {"file": name, "error": self.error}
         top = [{"class": c, "index": i, "prob": p} for c, i, p in zip(self.classes, self.indices, self.probs)]
-        return {"file": name, "predictions": top}
+        return {"file": name, "predictions": top, "converted": list(self.converted), "warning": self.warning}
 
 
 @dataclass
@@ -151,6 +156,7 @@ class Predictor:
         good = [arr for _, arr, _ in items if arr is not None]
         probs = self.predict_images(np.stack(good), batch_size) if good else np.zeros((0, len(self.classes)))
         row = 0
+        c, size, _ = self.image_shape
         for file, arr, err in items:
             if arr is None:
                 yield Prediction(file, error=_short_error(err or "unreadable"))
@@ -161,8 +167,65 @@ class Predictor:
                 yield Prediction(file, error="the model's output is not finite (NaN/inf) for this image")
                 continue
             top = np.argsort(-p, kind="stable")[:k]
+            converted, warning = describe_input(file, c, size)
             yield Prediction(file, tuple(int(i) for i in top), tuple(self.classes[i] for i in top),
-                             tuple(float(p[i]) for i in top))  # fmt: skip
+                             tuple(float(p[i]) for i in top), converted=converted, warning=warning)  # fmt: skip
+
+
+#: An input whose shorter side is below 1/FAR_SMALLER, or whose longer side is above FAR_LARGER
+#: times, the training size is far from what the model learned on: its prediction is flagged.
+FAR_SMALLER = 4
+FAR_LARGER = 8
+
+# Why a colour mode changes on the way to the model's L or RGB input (cnnlab.data.decode's rules).
+_MODE_NOTES = {
+    "I;16": "16-bit scaled to 8-bit", "I;16B": "16-bit scaled to 8-bit", "I;16L": "16-bit scaled to 8-bit",
+    "I;16N": "16-bit scaled to 8-bit", "I": "32-bit integers mapped to 8-bit", "F": "floating point mapped to 8-bit",
+    "RGBA": "transparency composited onto white", "LA": "transparency composited onto white",
+    "La": "transparency composited onto white", "RGBa": "transparency composited onto white",
+    "PA": "transparency composited onto white", "P": "palette colours", "CMYK": "CMYK converted",
+    "1": "black and white", "RGB": "colour to gray (luma)", "L": "gray repeated to 3 channels",
+}  # fmt: skip
+
+
+def describe_input(path: str | Path, channels: int, size: int) -> tuple[tuple[str, ...], str | None]:
+    """What decoding ``path`` for a model of ``channels`` x ``size`` x ``size`` changes, and a warning.
+
+    Only the file's header is read (its colour mode and size, EXIF rotation applied), so
+    this is cheap next to decoding.
+
+    Returns:
+        ``(converted, warning)``: e.g. ``("mode RGBA -> L (transparency composited onto white)",
+        "size 3x3 -> 12x12 (enlarged)")`` and, when a side is less than 1/:data:`FAR_SMALLER`
+        or more than :data:`FAR_LARGER` times the training size, why the prediction means little.
+    """
+    from PIL import Image  # lazy: only predicting from files needs PIL
+
+    try:
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees: decoding swaps the sides
+                w, h = h, w
+            transparent = "transparency" in im.info
+    except Exception:  # noqa: BLE001 - it decoded, so this is only a header we could not re-read
+        return (), None
+    target = "L" if channels == 1 else "RGB"
+    converted = []
+    if mode != target or transparent:
+        note = _MODE_NOTES.get(mode, "") if mode != target else "transparency composited onto white"
+        converted.append(f"mode {mode} -> {target}" + (f" ({note})" if note else ""))
+    if (w, h) != (size, size):
+        how = ["enlarged"] if min(w, h) < size else ["shrunk"] if min(w, h) > size else []
+        how += ["centre-cropped to a square"] if w != h else []
+        converted.append(f"size {w}x{h} -> {size}x{size} ({', '.join(how)})")
+    warning = None
+    if min(w, h) * FAR_SMALLER < size:
+        warning = (f"{w}x{h} is far smaller than the {size}x{size} images the model was trained on "
+                   f"(a side under 1/{FAR_SMALLER} of it): this prediction means little")  # fmt: skip
+    elif max(w, h) > FAR_LARGER * size:
+        warning = (f"{w}x{h} is far larger than the {size}x{size} images the model was trained on "
+                   f"(a side over {FAR_LARGER}x it): shrunk this much, its detail is gone and this prediction means little")  # fmt: skip
+    return tuple(converted), warning
 
 
 def _short_error(reason: str) -> str:

@@ -15,6 +15,10 @@ from typing import Any
 from cnnlab.errors import UsageError
 from cnnlab.models.diagnostics import activation_stats, gradient_stats
 
+# Metrics that only training produces (see :mod:`cnnlab.lab.runner`); the others (parameters,
+# the probes at initialisation) are measured the same way at any budget.
+TRAINED_METRICS = frozenset({"test_acc", "train_acc", "val_acc", "gap", "train_err"})
+
 # The small CNN most experiments vary: fast on a CPU, with a hidden FC layer for dropout.
 SMALL = "c32-p-c64-p-c128-p-fc128"
 
@@ -49,6 +53,11 @@ class Claim:
     non_inferior: bool = False
     log_scale: bool = False
 
+    @property
+    def needs_training(self) -> bool:
+        """Whether the metric comes from training (so a too-small budget cannot test the claim)."""
+        return self.metric in TRAINED_METRICS
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -63,6 +72,11 @@ class Experiment:
     plot_metric: str = "val_acc"  # per-epoch curve in the plot: val_acc | train_err | gap
     probe: Callable[..., dict[str, float]] | None = None  # measurements at initialisation, per arm
     smoke: dict[str, Any] = field(default_factory=dict)  # base overrides for smoke mode (tiny synthetic data)
+    # The smallest budget at which the claims about training can be tested: below it (and on
+    # the smoke data) a verdict says that it cannot. Chosen from the Fashion-MNIST runs of
+    # docs/lab.md; None: the arms set their own training-set sizes.
+    min_epochs: int = 5
+    min_train_images: int | None = 5000
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -128,6 +142,7 @@ _register(Experiment(
     base=_model(dropout=0.0),
     arms=tuple(Arm(n, {"model": {"norm": n}}) for n in ("batch", "layer", "instance", "group", "none")),
     claims=(Claim("batch norm beats no normalisation (test accuracy)", "batch", "none", "test_acc"),),
+    min_epochs=2, min_train_images=3000,  # +7 points after 2 epochs on 10,000 images
 ))
 _register(Experiment(
     name="dropout", section="3 (dropout)",
@@ -136,6 +151,7 @@ _register(Experiment(
     arms=tuple(Arm(f"p={p:g}", {"model": {"dropout": p}}) for p in (0.0, 0.25, 0.5)),
     claims=(Claim("dropout 0.5 shrinks the train/val accuracy gap", "p=0.5", "p=0", "gap", higher_is_better=False),),
     plot_metric="gap", probe=_probe_dropout,
+    min_epochs=10, min_train_images=3000,  # 5 epochs of 3,000 images barely overfit: no gap to shrink
 ))
 _register(Experiment(
     name="activation", section="4 (activation functions)",
@@ -146,6 +162,7 @@ _register(Experiment(
             Claim("sigmoid's first-layer gradient is smaller than ReLU's at init (relative norm)", "relu", "sigmoid",
                   "first_layer_grad_rel", min_effect=1.0, unit="orders of magnitude", log_scale=True)),  # fmt: skip
     probe=_probe_gradients,
+    min_epochs=5, min_train_images=5000,  # a few hundred steps to leave the initial plateau
 ))
 _register(Experiment(
     name="kernels", section="5.1 (stacked 3x3 convolutions)",
@@ -156,6 +173,7 @@ _register(Experiment(
                   min_effect=0.5, non_inferior=True),
             Claim("three 3x3 convs have fewer parameters than one 7x7", "3x3x3", "7x7", "params", higher_is_better=False,
                   min_effect=1000, unit="parameters")),  # fmt: skip
+    min_epochs=5, min_train_images=5000,  # inconclusive after 2 epochs
 ))
 _register(Experiment(
     name="depth", section="5.2 (residual connections, He et al. 2016)",
@@ -165,6 +183,7 @@ _register(Experiment(
     claims=(Claim("plain-56 has a higher training error than plain-20", "plain20", "plain56", "train_err", higher_is_better=False),
             Claim("ResNet-56 has a lower training error than ResNet-20", "resnet56", "resnet20", "train_err", higher_is_better=False)),  # fmt: skip
     plot_metric="train_err",
+    min_epochs=10, min_train_images=5000,  # the degradation shows after 10 epochs of 5,000 images
 ))
 _register(Experiment(
     name="init", section="6 (weight initialisation)",
@@ -175,6 +194,7 @@ _register(Experiment(
             Claim("Kaiming keeps the last hidden layer's activations larger than N(0, 0.01) does (std ratio)", "kaiming",
                   "normal:0.01", "last_act_ratio", min_effect=1.0, unit="orders of magnitude", log_scale=True)),  # fmt: skip
     probe=_probe_activations,
+    min_epochs=5, min_train_images=5000,  # as activation: the same plain net
 ))
 _register(Experiment(
     name="preprocess", section="7 (data preprocessing)",
@@ -183,6 +203,7 @@ _register(Experiment(
     arms=tuple(Arm(n, {"data": {"normalize": n}}) for n in ("raw", "unit", "standardize")),
     claims=(Claim("standardised inputs beat raw [0, 255] inputs (test accuracy)", "standardize", "raw", "test_acc"),
             Claim("standardised inputs beat [0, 1] inputs (test accuracy)", "standardize", "unit", "test_acc", min_effect=0.3)),  # fmt: skip
+    min_epochs=2, min_train_images=3000,  # +3 to +66 points after 2 epochs
 ))
 _register(Experiment(
     name="augment", section="8 (data augmentation)",
@@ -194,6 +215,7 @@ _register(Experiment(
     claims=(Claim("all augmentations together shrink the train/val accuracy gap", "all", "none", "gap", higher_is_better=False),
             Claim("all augmentations together raise test accuracy", "all", "none", "test_acc", min_effect=0.3)),  # fmt: skip
     plot_metric="gap",
+    min_epochs=20, min_train_images=3000,  # a regulariser pays only once the plain net overfits
 ))
 
 
@@ -218,6 +240,7 @@ _register(Experiment(
             Claim("with 100 images, feature extraction beats training from scratch (test accuracy)", "fe@100", "scratch@100", "test_acc", min_effect=1.0),
             Claim("with 1,000 images, fine-tuning beats feature extraction (test accuracy)", "ft@1000", "fe@1000", "test_acc", min_effect=1.0)),  # fmt: skip
     smoke={"data": {"image_size": 32}},
+    min_epochs=5, min_train_images=None,  # the arms train on 100 and 1,000 images by design
 ))
 
 

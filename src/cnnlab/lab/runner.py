@@ -40,8 +40,8 @@ from cnnlab.errors import CnnlabError, TrainingDiverged, UsageError
 from cnnlab.infer.evaluate import evaluate_checkpoint
 from cnnlab.io import LOCK_NAME, atomic_write_json, atomic_write_text, folder_lock
 from cnnlab.lab.experiments import Experiment, get_experiment
+from cnnlab.lab.plot import plot_lab
 from cnnlab.lab.verdict import Verdict, judge
-from cnnlab.report.plots import pyplot, save_figure
 from cnnlab.run import build_model, load_data, run_training
 from cnnlab.runfolder import RunFolder
 from cnnlab.train.fit import build_loss
@@ -80,7 +80,7 @@ class LabSettings:
         if self.epochs is not None:
             field_range(TrainConfig, "epochs").check(self.epochs, "lab epochs (--epochs)")
         if self.subset is not None:
-            field_range(TrainConfig, "train_subset").check(self.subset, "lab subset (--subset)")
+            field_range(TrainConfig, "train_subset").check(self.subset, "lab subset (--train-subset)")
         if self.budget_seconds is not None:
             BUDGET_RANGE.check(self.budget_seconds, "lab budget_seconds (--budget)")
         if not isinstance(self.model_options, dict):
@@ -128,6 +128,31 @@ def run_lab(name: str, settings: LabSettings, out_dir: str | Path, *, verbose: b
         return _run_locked(exp, settings, out_dir, verbose)
 
 
+def default_out_dir(name: str, settings: LabSettings, root: str | Path = "runs") -> tuple[Path, bool]:
+    """The lab folder when none is given, and whether it continues an earlier one.
+
+    The newest ``root/lab-NAME-<time>`` folder that has not finished and was started with
+    the same settings is continued (so rerunning the same command resumes, as promised);
+    otherwise a new folder named by the current time is started.
+
+    Returns:
+        ``(folder, continues)``.
+    """
+    from datetime import datetime
+
+    wanted = asdict(settings)
+    # The <time> suffix (YYYYmmdd-HHMMSS) sorts as the start time: newest first.
+    for folder in sorted(Path(root).glob(f"lab-{name}-*"), reverse=True):
+        try:
+            state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue  # not a lab (or a damaged one, which run_lab explains when given as --out)
+        if isinstance(state, dict) and state.get("experiment") == name and state.get("settings") == wanted \
+                and not state.get("finished"):  # fmt: skip
+            return folder, True
+    return Path(root) / f"lab-{name}-{datetime.now():%Y%m%d-%H%M%S}", False
+
+
 def _run_locked(exp: Experiment, settings: LabSettings, out_dir: Path, verbose: bool) -> LabResult:
     """``run_lab`` once the settings are checked and the lab folder is locked."""
     state = _load_state(out_dir, exp, settings)
@@ -139,7 +164,8 @@ def _run_locked(exp: Experiment, settings: LabSettings, out_dir: Path, verbose: 
     for seed in range(settings.seeds):
         for arm in exp.arms:
             rows.append(_run_arm(exp, arm.name, settings, seed, epochs, out_dir, verbose))
-    verdicts = [_judge(claim, rows, settings.seeds) for claim in exp.claims]
+    caveat = budget_caveat(exp, settings, epochs)
+    verdicts = [_judge(claim, rows, settings.seeds, caveat if claim.needs_training else None) for claim in exp.claims]
     _write_outputs(exp, out_dir, rows, verdicts, settings, epochs)
     state["finished"] = True
     atomic_write_json(out_dir / STATE_FILE, state)
@@ -190,7 +216,7 @@ def _choose_epochs(exp: Experiment, settings: LabSettings) -> int:
     epochs = int(settings.budget_seconds / (runs * per_epoch))
     if epochs < 1:
         raise CnnlabError(f"a budget of {settings.budget_seconds / 60:.0f} min is less than one epoch per run "
-                          f"({runs} runs x ~{per_epoch:.0f} s); give a larger --budget or a smaller --subset")  # fmt: skip
+                          f"({runs} runs x ~{per_epoch:.0f} s); give a larger --budget or a smaller --train-subset")  # fmt: skip
     log.info("budget: %d epoch(s) per run (%d runs, ~%.0f s per epoch for the slowest arm)", min(epochs, 50), runs, per_epoch)
     return min(epochs, 50)
 
@@ -285,14 +311,34 @@ def _probe(exp: Experiment, arm: str, settings: LabSettings, seed: int) -> dict[
         return exp.probe(model, x, y)
 
 
-def _judge(claim: Any, rows: list[dict[str, Any]], seeds: int) -> Verdict:
+def budget_caveat(exp: Experiment, settings: LabSettings, epochs: int) -> str | None:
+    """Why this budget cannot test the experiment's claims about training, or None when it can.
+
+    Too few epochs or training images (below the experiment's ``min_epochs`` /
+    ``min_train_images``), or the smoke data (tiny, synthetic: it says nothing about the
+    lecture's claims), make any verdict on accuracy a measurement, not the claim's test.
+    """
+    short = [f"{epochs} epoch{'s' if epochs != 1 else ''}"] if epochs < exp.min_epochs else []
+    if settings.smoke:
+        short.append("smoke data")
+    elif settings.subset is not None and exp.min_train_images is not None and settings.subset < exp.min_train_images:
+        short.append(f"{settings.subset:,} training images")
+    if not short:
+        return None
+    images = f" on at least {exp.min_train_images:,} training images" if exp.min_train_images else ""
+    return (f"at this budget ({', '.join(short)}) the claim cannot be tested "
+            f"(it needs at least {exp.min_epochs} epochs{images})")
+
+
+def _judge(claim: Any, rows: list[dict[str, Any]], seeds: int, caveat: str | None = None) -> Verdict:
     by = {(r["arm"], r["seed"]): r for r in rows}
     sign = 1.0 if claim.higher_is_better else -1.0
     # log10 of a ratio floored at 1e-30: a gradient that vanished to exactly 0 still counts as tiny
     value = (lambda v: math.log10(max(float(v), 1e-30))) if claim.log_scale else float
     diffs = [sign * (value(by[(claim.treatment, s)][claim.metric]) - value(by[(claim.control, s)][claim.metric]))
              for s in range(seeds) if (claim.treatment, s) in by and (claim.control, s) in by]  # fmt: skip
-    return judge(claim.text, diffs, min_effect=claim.min_effect, unit=claim.unit, non_inferior=claim.non_inferior)
+    return judge(claim.text, diffs, min_effect=claim.min_effect, unit=claim.unit, non_inferior=claim.non_inferior,
+                 caveat=caveat)
 
 
 def _write_outputs(exp: Experiment, out: Path, rows: list[dict[str, Any]], verdicts: list[Verdict], settings: LabSettings, epochs: int) -> None:
@@ -334,40 +380,6 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
             cells.append(cell)
         body.append(f"| {arm.name} | " + " | ".join(cells) + " |")
     return head + "\n".join(body) + "\n"
-
-
-def plot_lab(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> Path:
-    """Per-epoch curve of the experiment's metric for each arm (mean over seeds)."""
-    plt = pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
-    label = {"val_acc": "validation accuracy (%)", "train_err": "training error (%)", "gap": "train - val accuracy (%, during training)"}[exp.plot_metric]
-    for arm in exp.arms:
-        curves = [_curve(Path(r["run_dir"]), exp.plot_metric) for r in rows if r["arm"] == arm.name and not r.get("diverged")]
-        if not curves:
-            continue
-        n = min(len(c) for c in curves)
-        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
-        ax.plot(range(1, n + 1), mean, marker="o", ms=3, label=arm.name)
-    ax.set(xlabel="epoch", ylabel=label, title=f"{exp.name}: {label} per epoch")
-    ax.legend(fontsize=8)
-    ok = [r for r in rows if not r.get("diverged")]
-    names = [a.name for a in exp.arms if any(r["arm"] == a.name for r in ok)]
-    means = [statistics.fmean(r["test_acc"] for r in ok if r["arm"] == a) for a in names]
-    sds = [statistics.stdev([r["test_acc"] for r in ok if r["arm"] == a]) if sum(r["arm"] == a for r in ok) > 1 else 0 for a in names]
-    bx.bar(names, means, yerr=sds, color="C0", capsize=3)
-    lo = min(means, default=0.0) - max(3.0, 2 * max(sds, default=0.0))
-    bx.set(ylabel="test accuracy (%)", title="test accuracy (mean ± sd over seeds)", ylim=(max(lo, 0), min(max(means, default=98.0) + 2, 100)))
-    bx.tick_params(axis="x", labelrotation=20)
-    return save_figure(fig, path)
-
-
-def _curve(run: Path, metric: str) -> list[float]:
-    records = RunFolder(run).read_metrics()
-    if metric == "train_err":
-        return [100 * (1 - r["train_acc"]) for r in records]
-    if metric == "gap":
-        return [100 * (r["train_acc"] - (r["val_acc"] or 0.0)) for r in records]
-    return [100 * (r["val_acc"] or 0.0) for r in records]
 
 
 def _slug(name: str) -> str:

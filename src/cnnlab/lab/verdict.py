@@ -19,6 +19,10 @@ may lose up to ``min_effect``, the margin) is judged the other way round, as in 
 non-inferiority trial: **supported** when the interval lies above ``-min_effect``, **not
 supported** when it lies below ``-min_effect`` (clearly worse), inconclusive otherwise.
 With one seed, only a difference of ``SINGLE_SEED_FACTOR`` margins either way is called.
+
+A verdict on training from a budget too small for the claim (fewer epochs or images than
+the experiment states it needs, or the smoke data) carries a ``caveat`` that leads its
+text: the numbers are still shown, but as a measurement, not as the claim's test.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Verdict:
     min_effect: float
     unit: str
     non_inferior: bool = False  # min_effect is the margin the treatment may lose by
+    caveat: str | None = None  # why this budget cannot test the claim (None: it can)
 
     @property
     def text(self) -> str:
@@ -69,14 +74,15 @@ class Verdict:
             noise = " (1 seed: no spread measured)"
         need = (f"the claim allows a loss of up to {self.min_effect:g} {self.unit}" if self.non_inferior
                 else f"the claim needs {self.min_effect:g} {self.unit}")  # fmt: skip
-        return f"{self.status}: {self.claim}: effect {fmt(self.effect)} {self.unit}{noise}; {need}"
+        line = f"{self.status}: {self.claim}: effect {fmt(self.effect)} {self.unit}{noise}; {need}"
+        return f"{self.caveat}; measured anyway: {line}" if self.caveat else line
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "text": self.text}
 
 
 def judge(claim: str, differences: Sequence[float], *, min_effect: float, unit: str = "points",
-          non_inferior: bool = False) -> Verdict:  # fmt: skip
+          non_inferior: bool = False, caveat: str | None = None) -> Verdict:  # fmt: skip
     """Judge ``claim`` from per-seed paired differences (see the module docstring).
 
     Args:
@@ -86,17 +92,18 @@ def judge(claim: str, differences: Sequence[float], *, min_effect: float, unit: 
         unit: the unit of the differences, for the text.
         non_inferior: the claim is "at least as good": ``min_effect`` is the margin the
             treatment may lose by (see the module docstring).
+        caveat: why the budget cannot test the claim; leads the verdict's text.
     """
     diffs = [float(d) for d in differences if d is not None and math.isfinite(d)]
     if not diffs:
-        return Verdict(INCONCLUSIVE, claim, float("nan"), None, None, None, 0, min_effect, unit, non_inferior)
+        return Verdict(INCONCLUSIVE, claim, float("nan"), None, None, None, 0, min_effect, unit, non_inferior, caveat)
     if min_effect <= 0:
         raise ValueError("min_effect must be positive")
     n, mean = len(diffs), statistics.fmean(diffs)
     if n == 1:
         big = SINGLE_SEED_FACTOR * min_effect
         status = SUPPORTED if mean >= big else NOT_SUPPORTED if mean <= -big else INCONCLUSIVE
-        return Verdict(status, claim, mean, None, None, None, 1, min_effect, unit, non_inferior)
+        return Verdict(status, claim, mean, None, None, None, 1, min_effect, unit, non_inferior, caveat)
     sd = statistics.stdev(diffs)
     half = t95(n - 1) * sd / math.sqrt(n)
     low, high = mean - half, mean + half
@@ -105,4 +112,4 @@ def judge(claim: str, differences: Sequence[float], *, min_effect: float, unit: 
     else:
         supported, refuted = low > 0 and mean >= min_effect, high < min_effect
     status = SUPPORTED if supported else NOT_SUPPORTED if refuted else INCONCLUSIVE
-    return Verdict(status, claim, mean, sd, low, high, n, min_effect, unit, non_inferior)
+    return Verdict(status, claim, mean, sd, low, high, n, min_effect, unit, non_inferior, caveat)

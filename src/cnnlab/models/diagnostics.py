@@ -52,8 +52,13 @@ VANISHING_RATIO = 1e-2
 EXPLODING_RATIO = 1e2
 GRAD_VANISHING_RATIO = 1e-3
 GRAD_EXPLODING_RATIO = 1e3
+# Histogram panels per row: five keep each panel readable on a laptop screen (plain56: 12 rows).
+MAX_HISTOGRAM_COLUMNS = 5
 
 _ACT_TYPES = tuple(ACTIVATIONS.values())
+# Layers that renormalise their input (cnnlab's own norms subclass GroupNorm).
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,20 @@ class ActivationReport(_Flagged):
     input_mean: float
     input_std: float
     layers: list[ActivationRecord]
+    norm_layers: int = 0  # normalisation modules in the model (batch, group, layer, instance norm)
+
+    @property
+    def norm_note(self) -> str | None:
+        """What a reader must know when the model normalises: the init scale is hidden (None without norms).
+
+        A norm layer rescales its input to unit variance in every layer, so a weight scale
+        of 0.01 or 1.0 leaves the activations looking healthy: the lecture's vanishing and
+        exploding activations show only without normalisation.
+        """
+        if not self.norm_layers:
+            return None
+        return (f"note: the model's {self.norm_layers} normalisation layer(s) rescale every layer's output, "
+                "which hides the init scale; add --norm none to see what the initialisation alone does")
 
 
 @dataclass(frozen=True)
@@ -233,7 +252,8 @@ def activation_stats(model: nn.Module, x: torch.Tensor, max_samples: int = 4096)
     with preserved_state(model), forward_hooks(stat_modules(model), record), torch.no_grad():
         model.train()
         model(x)
-    return ActivationReport(input_mean=float(x.float().mean()), input_std=in_std, layers=records)
+    norms = sum(1 for m in model.modules() if isinstance(m, _NORM_TYPES))
+    return ActivationReport(input_mean=float(x.float().mean()), input_std=in_std, layers=records, norm_layers=norms)
 
 
 def gradient_stats(
@@ -288,38 +308,54 @@ def gradient_stats(
     return GradientReport(loss=float(loss.detach()), layers=records)
 
 
-def plot_activation_histograms(
-    report: ActivationReport, path: str | Path, max_layers: int = 12, title: str = "", share_x: bool = True
-) -> Path:
-    """Write a PNG with one activation histogram per layer (flagged layers in red).
+def plot_activation_histograms(report: ActivationReport, path: str | Path, title: str = "", share_x: bool = True) -> Path:
+    """Write a PNG with one activation histogram per layer, every layer (flagged layers in red).
+
+    See :func:`activation_figure`.
+
+    Args:
+        report: from :func:`activation_stats`.
+        path: the PNG to write (parent folders are created).
+        title: figure title.
+        share_x: one x range for every layer but the logits (see :func:`activation_figure`).
+
+    Returns:
+        The path written.
+    """
+    fig = activation_figure(report, title=title, share_x=share_x)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def histogram_grid(count: int) -> tuple[int, int]:
+    """(rows, columns) for ``count`` panels: near-square, at most ``MAX_HISTOGRAM_COLUMNS`` wide."""
+    cols = max(1, min(MAX_HISTOGRAM_COLUMNS, math.ceil(math.sqrt(count))))
+    return math.ceil(count / cols), cols
+
+
+def activation_figure(report: ActivationReport, title: str = "", share_x: bool = True):  # noqa: ANN201 - a Figure
+    """One histogram per recorded layer (all of them, the grid sized from the count) with a count axis.
 
     Exact zeros (ReLU's dead half) are left out of the bars and given in the title
     instead, so the shape of the rest stays visible.
 
     Args:
         report: from :func:`activation_stats`.
-        path: the PNG to write (parent folders are created).
-        max_layers: at most this many layers, evenly spaced from first to last.
         title: figure title.
         share_x: one x range for every layer but the logits, so a shrinking or growing
             scale shows as a shrinking or spreading histogram (as in the lecture's plots).
-
-    Returns:
-        The path written.
     """
     from matplotlib.figure import Figure  # lazy: matplotlib is slow to import
 
     layers = report.layers
     if not layers:
         raise CnnlabError("no activation layers were recorded; nothing to plot")
-    if len(layers) > max_layers:
-        idx = sorted({round(i * (len(layers) - 1) / (max_layers - 1)) for i in range(max_layers)})
-        layers = [layers[i] for i in idx]
     values = {id(r): r.sample[torch.isfinite(r.sample) & (r.sample != 0)].numpy() for r in layers}
     shared = [values[id(r)] for r in layers if r.kind != "logits" and values[id(r)].size]
     x_range = (min(v.min() for v in shared), max(v.max() for v in shared)) if share_x and shared else None
-    cols = min(4, len(layers))
-    rows = math.ceil(len(layers) / cols)
+    rows, cols = histogram_grid(len(layers))
     fig = Figure(figsize=(3.2 * cols, 2.4 * rows + 0.6), layout="constrained")
     if title:
         fig.suptitle(title)
@@ -333,8 +369,6 @@ def plot_activation_histograms(
                      f"std {rec.std:.2g}  zeros {rec.zero_fraction:.0%}", fontsize=8,
                      color="tab:red" if rec.flag else "black")
         ax.tick_params(labelsize=7)
-        ax.set_yticks([])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+        if i % cols == 0:
+            ax.set_ylabel("count", fontsize=8)
+    return fig

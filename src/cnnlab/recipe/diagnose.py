@@ -507,7 +507,7 @@ def _assemble(findings: list[Finding], c: _Curves) -> Diagnosis:
     for f in findings:
         suggestion = suggestion.merged(f.suggestion)
     if findings:
-        summary = f"{len(findings)} finding(s): " + ", ".join(f"{f.kind} ({f.severity})" for f in findings)
+        summary = f"{len(findings)} finding{'' if len(findings) == 1 else 's'}: " + ", ".join(f"{f.kind} ({f.severity})" for f in findings)
     else:
         val = f", val {_pct(c.val_acc[-1])}" if c.has_val else ""
         summary = f"no problem found: train {_pct(c.train_acc[-1])}{val} after {c.n} epochs"

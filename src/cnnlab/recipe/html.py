@@ -33,6 +33,11 @@ def num(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 trial``, ``3 trials`` (``many``: an irregular plural)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
 def params(values: dict[str, Any]) -> str:
     """``optim.lr=0.05, model.dropout=0.1``."""
     return ", ".join(f"{k}={num(v)}" for k, v in values.items())

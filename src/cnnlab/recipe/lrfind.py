@@ -30,7 +30,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,9 @@ CLAMP_LOW, CLAMP_HIGH = 30.0, 3.0
 MIN_DROP = 0.05
 # Without a valley the fallback is fastai's "minimum / 10".
 FALLBACK_DIVISOR = 10.0
+# The plot's loss axis spans at least 10% of the loss level (twice MIN_DROP, the smallest
+# drop that counts as a descent): a flat sweep then looks flat, not like a zoomed-in cliff.
+MIN_PLOT_SPAN = 2 * MIN_DROP
 
 
 # --------------------------------------------------------------------------- the curve
@@ -237,6 +240,38 @@ def suggest_lr(lrs: np.ndarray | list[float], losses: np.ndarray | list[float]) 
     return result.suggestion, result.rule
 
 
+def loss_limits(losses: Sequence[float], smoothed: np.ndarray) -> tuple[float, float]:
+    """The y-axis limits of the range-test plot: the data up to the loss minimum, at least ``MIN_PLOT_SPAN`` tall.
+
+    The divergent tail (after the smoothed minimum, clipped like the rule clips it) would
+    flatten the valley, so it is left partly out of view; the mini-batch losses up to the
+    minimum are kept in view (2nd-98th percentile), not only the smoothed curve, so a short,
+    flat sweep shows its noise around a level instead of a 0.0004-tall slice of it.
+    """
+    raw = np.asarray(losses, dtype=np.float64)
+    s = np.asarray(smoothed, dtype=np.float64)
+    finite = np.isfinite(s)
+    end = int(np.nanargmin(np.where(finite, s, np.inf))) + 1 if finite.any() else len(raw)
+    head = raw[: max(end, MIN_SKIP + 1)]
+    head = head[np.isfinite(head)]
+    values = np.concatenate([s[:end][finite[:end]], np.percentile(head, [2, 98]) if head.size else []])
+    if not values.size:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    span = max(high - low, MIN_PLOT_SPAN * max(abs(high), 1e-12))
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+    return low - 0.1 * span, high + 0.25 * span  # room above for the labels
+
+
+def _interpolate_log(lrs: np.ndarray, values: np.ndarray, lr: float) -> float | None:
+    """``values`` at ``lr`` (linear in log lr between the recorded steps); None outside them or on NaN."""
+    ok = np.isfinite(values) & (lrs > 0)
+    if ok.sum() < 2 or not (lrs[ok][0] <= lr <= lrs[ok][-1]):
+        return None
+    return float(np.interp(math.log(lr), np.log(lrs[ok]), values[ok]))
+
+
 # --------------------------------------------------------------------------- the result
 
 
@@ -279,28 +314,41 @@ class LRFindResult:
 
     def plot(self, path: str | Path) -> Path:
         """Save loss vs learning rate (log x axis), the smoothed curve and the suggestion as a PNG."""
-        from cnnlab.report.plots import pyplot, save_figure  # lazy: matplotlib is slow to import
+        from cnnlab.report.plots import save_figure  # lazy: matplotlib is slow to import
+
+        return save_figure(self.figure(), path)
+
+    def figure(self):  # noqa: ANN201 - a matplotlib Figure
+        """The picture of :meth:`plot`: limits from the data (see :func:`loss_limits`), the suggestion marked."""
+        from cnnlab.report.plots import pyplot  # lazy: matplotlib is slow to import
 
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
         ax.plot(self.lrs, self.losses, color="0.7", lw=1, label="mini-batch loss")
-        smoothed = np.array([np.nan if v is None else v for v in self.smoothed])
+        smoothed = np.array([np.nan if v is None else v for v in self.smoothed], dtype=np.float64)
         ax.plot(self.lrs, smoothed, color="C0", lw=2, label="smoothed")
-        ax.axvline(self.suggestion, color="C3", ls="--", label=f"suggestion {self.suggestion:.2g}")
         ax.axvline(self.min_lr, color="0.4", ls=":", label=f"minimum {self.min_lr:.2g}")
+        ax.axvline(self.suggestion, color="C3", ls="--", label=f"suggestion {self.suggestion:.2g}")
         ax.set_xscale("log")
-        finite = smoothed[np.isfinite(smoothed)]
-        if finite.size:  # the divergent tail would flatten the interesting part
-            low, high = float(finite.min()), float(np.nanmax(finite[: int(np.argmin(finite)) + 1]))
-            pad = 0.15 * max(high - low, 1e-3)
-            ax.set_ylim(low - pad, high + 2 * pad)
+        low, high = loss_limits(self.losses, smoothed)
+        ax.set_ylim(low, high)
+        at = _interpolate_log(np.asarray(self.lrs, dtype=np.float64), smoothed, self.suggestion)
+        if at is not None and low <= at <= high:  # the suggestion as a point on the curve it was read from
+            ax.plot([self.suggestion], [at], "o", color="C3", ms=8, zorder=5)
+            ax.annotate(f"suggested lr {self.suggestion:.2g}", (self.suggestion, at), xytext=(8, 8),
+                        textcoords="offset points", color="C3", fontsize=9)  # fmt: skip
+        if self.rule.startswith("no clear descent"):
+            ax.text(0.5, 0.92, f"no clear descent: the loss fell less than {MIN_DROP:.0%};\n"
+                    f"the suggestion is the fallback (minimum / {FALLBACK_DIVISOR:g})", transform=ax.transAxes,
+                    ha="center", va="top", fontsize=9, color="C3",
+                    bbox={"facecolor": "white", "edgecolor": "C3", "alpha": 0.9})  # fmt: skip
         ax.set_xlabel("learning rate")
         ax.set_ylabel("training loss")
         ax.set_title("learning-rate range test" + (" (stopped early: diverged)" if self.stopped_early else ""), fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left")
         fig.tight_layout()
-        return save_figure(fig, path)
+        return fig
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``lr_find.json`` and ``lr_find.png`` into ``out_dir``; return the folder."""

@@ -13,6 +13,9 @@ import numpy as np
 
 from cnnlab.io import atomic_path
 
+# The loss axis of the training curves turns logarithmic when the loss spans more than this factor.
+LOG_LOSS_SPAN = 10.0
+
 
 def pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily and headless (Agg)
     """``matplotlib.pyplot`` with the headless Agg backend (imported on first use)."""
@@ -83,27 +86,48 @@ def image_grid(
 
 def training_curves(records: Sequence[dict], path: str | Path, *, title: str | None = None) -> Path:
     """Save train/val loss and accuracy by epoch (two panels) from ``metrics.jsonl`` records."""
+    return save_figure(training_curves_figure(records, title=title), path)
+
+
+def training_curves_figure(records: Sequence[dict], *, title: str | None = None):  # noqa: ANN201 - a matplotlib Figure
+    """The figure of :func:`training_curves`: integer epoch ticks, loss labels as plain numbers.
+
+    The loss axis is logarithmic only when the loss spans more than ``LOG_LOSS_SPAN`` (a
+    factor of 10): then the fall from ~2.3 to ~0.05 stays readable. Its labels are plain
+    numbers at 1, 2 and 5 times powers of ten (never "2.235x10^0").
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
     plt = pyplot()
     epochs = [r["epoch"] + 1 for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    losses: list[float] = []
     for key, label, style in (("train", "train", "-"), ("val", "validation", "--")):
         loss = [r.get(f"{key}_loss") for r in records]
         acc = [r.get(f"{key}_acc") for r in records]
         if any(v is not None for v in loss):
             ax_loss.plot(epochs, [np.nan if v is None else v for v in loss], style, marker=".", label=label)
             ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in acc], style, marker=".", label=label)
+            losses += [float(v) for v in loss if v is not None and np.isfinite(v) and v > 0]
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy loss")
-    ax_loss.set_yscale("log")
+    if losses and max(losses) / min(losses) > LOG_LOSS_SPAN:
+        ax_loss.set_yscale("log")
+        ax_loss.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_loss.yaxis.set_minor_formatter(NullFormatter())
+    ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole: no 1.25, 1.5 ticks
+        if epochs:  # half an epoch of margin: one epoch is a dot at 1, not the middle of a 0.95-1.05 axis
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def confusion_plot(

@@ -31,7 +31,7 @@ from torch import nn
 from cnnlab import __version__
 from cnnlab import checkpoint as ckpt
 from cnnlab.config import RunConfig, TrainConfig, to_dict
-from cnnlab.data.imageset import Splits
+from cnnlab.data.imageset import ImageSet, Splits, stratified_subset
 from cnnlab.errors import CnnlabError, TrainingDiverged
 from cnnlab.train.callbacks import BestCheckpoint, EarlyStopping, EpochCallback
 from cnnlab.train.ema import EMA
@@ -39,12 +39,19 @@ from cnnlab.train.interrupt import StopFlag
 from cnnlab.train.loaders import eval_loader, train_loader
 from cnnlab.train.loop import BatchSource, EpochState, NonFiniteLoss, TrainStep, evaluate, train_one_epoch
 from cnnlab.train.optim import build_optimizer
-from cnnlab.train.progress import EpochProgress, epoch_line
+from cnnlab.train.progress import EpochProgress, PassProgress, epoch_line, format_duration
 from cnnlab.train.runtime import Runtime, all_reduce_sum, barrier, broadcast_flag, deterministic, prepare, resolve_runtime
 from cnnlab.train.schedule import lr_factor
 from cnnlab.train.writer import RunWriter
 
 log = logging.getLogger(__name__)
+
+#: A run whose measured time is longer than this (s) says so, with the figures, as it starts.
+LONG_RUN_SECONDS = 30 * 60
+#: The time estimate is measured over this much training (s, after the first step's warm-up).
+ESTIMATE_AFTER_SECONDS = 2.0
+#: A validation pass (forward only) costs about this fraction of a training pass over as many images.
+EVAL_COST = 1 / 3
 
 
 @dataclass
@@ -78,6 +85,23 @@ class History:
 
     def _best_epoch_loss(self) -> float:
         return next(r["val_loss"] for r in self.records if r["epoch"] == self.best_epoch)
+
+
+def validation_indices(splits: Splits, tc: TrainConfig) -> np.ndarray | None:
+    """The indices into ``splits.val`` of a ``--val-subset`` run's validation images; None: all of them.
+
+    ``tc.val_subset`` images, stratified by class, chosen by the training seed (``tc.seed``):
+    a repeated run validates on the same images, and so does a resumed one.
+    """
+    if tc.val_subset is None or tc.val_subset >= len(splits.val):
+        return None
+    return stratified_subset(splits.val.labels, tc.val_subset, tc.seed)
+
+
+def validation_images(splits: Splits, tc: TrainConfig) -> ImageSet:
+    """The validation images a run validates on (see :func:`validation_indices`)."""
+    idx = validation_indices(splits, tc)
+    return splits.val if idx is None else splits.val.subset(idx)
 
 
 def seed_everything(seed: int) -> None:
@@ -126,12 +150,15 @@ class Trainer:
     def __init__(
         self, model: nn.Module, splits: Splits, cfg: RunConfig, runtime: Runtime, *, run_dir: str | Path | None = None,
         on_epoch_end: EpochCallback | None = None, lr_scales: Mapping[str, float] | None = None,
-        loaders: tuple[BatchSource, BatchSource | None] | None = None, verbose: bool = True,
+        loaders: tuple[BatchSource, BatchSource | None] | None = None, verbose: bool = True, phase: str | None = None,
     ) -> None:  # fmt: skip
         tc = self.tc = cfg.train
-        self.cfg, self.runtime, self.run_dir, self.verbose = cfg, runtime, run_dir, verbose
+        self.cfg, self.runtime, self.run_dir, self.verbose, self.phase = cfg, runtime, run_dir, verbose, phase
         seed_everything(tc.seed)
-        self.train_loader, self.val_loader = loaders or (train_loader(splits, cfg, runtime), eval_loader(splits.val, splits, cfg, runtime))
+        self.val_of = len(splits.val)  # the whole validation split (a --val-subset run validates on fewer)
+        self.train_loader, self.val_loader = loaders or (
+            train_loader(splits, cfg, runtime), eval_loader(validation_images(splits, tc), splits, cfg, runtime))
+        self.images_per_epoch = len(splits.train)
         self.raw_model = model
         self.model = prepare(model, runtime, compile=tc.compile)  # what the forward pass goes through
         self.optimizer = build_optimizer(model, cfg.optim, lr_scales=lr_scales)
@@ -148,6 +175,8 @@ class Trainer:
                      "data": data_meta(splits), "version": __version__}  # fmt: skip
         self.writer: RunWriter | None = None  # opened by run(), on the main process of a run with a folder
         self._last_save = time.monotonic()
+        self._estimate_from: tuple[int, int, float] | None = None  # (epoch, global step, epoch seconds) where timing starts
+        self._estimated = False  # the run's time is estimated once, from its first steps
 
     def lr_at(self, step: int) -> float:
         """The learning rate of global step ``step`` (peak lr x schedule)."""
@@ -186,7 +215,7 @@ class Trainer:
                 record = self._epoch_record()
                 self.history.add(record)
                 if self.verbose and self.runtime.is_main:
-                    print(epoch_line(record), flush=True)
+                    print(epoch_line(record, self.phase), flush=True)
                 self.epoch, self.epoch_state = self.epoch + 1, EpochState()
                 # Every callback sees every epoch; the first one asking to stop names the reason.
                 reasons = [reason for reason, callback in callbacks if callback(record)]
@@ -216,7 +245,7 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """Train the current epoch from where it stands; False when Ctrl-C stopped it (on any rank)."""
         self.train_loader.set_epoch(self.epoch)
-        progress = EpochProgress(self.epoch, self.tc.epochs, self.steps_per_epoch,
+        progress = EpochProgress(self.epoch, self.tc.epochs, self.steps_per_epoch, phase=self.phase,
                                  enabled=self.verbose and self.runtime.is_main, start=self.epoch_state.batch)  # fmt: skip
         try:
             finished = train_one_epoch(self.model, self.train_loader, self.step, self.epoch_state,
@@ -244,10 +273,13 @@ class Trainer:
             "val_loss": None, "val_acc": None,
         }  # fmt: skip
         if self.val_loader is not None:
-            result = evaluate(self.ema.module if self.ema is not None else self.model, self.val_loader, self.runtime)
+            model = self.ema.module if self.ema is not None else self.model
+            with PassProgress("validating", len(self.val_loader), enabled=self.verbose and self.runtime.is_main) as bar:
+                result = evaluate(model, self.val_loader, self.runtime, progress=bar)
             if not math.isfinite(result.loss):
                 raise self._diverged(self.step.step, record["lr"], "validation")
-            record.update(val_loss=result.loss, val_acc=result.acc, val_top5=result.top5)
+            record.update(val_loss=result.loss, val_acc=result.acc, val_top5=result.top5, val_time=bar.seconds,
+                          val_images=result.n, val_of=self.val_of)  # fmt: skip
         return record
 
     def _diverged(self, step: int, lr: float, split: str) -> TrainingDiverged:
@@ -255,10 +287,42 @@ class Trainer:
         return TrainingDiverged(self.epoch, step, lr, split=split, checkpoint=last if last is not None and last.is_file() else None)
 
     def _on_step(self, state: EpochState) -> None:
-        """Mid-epoch checkpoints every ``checkpoint_minutes`` (called after each host sync)."""
+        """The run's time estimate, and mid-epoch checkpoints every ``checkpoint_minutes`` (after each host sync)."""
+        self._estimate_time(state)
         interval = self.tc.checkpoint_minutes * 60
         if interval > 0 and time.monotonic() - self._last_save >= interval:
             self._save_last()
+
+    def _estimate_time(self, state: EpochState) -> None:
+        """Once, from the first steps: warn when the run will take longer than :data:`LONG_RUN_SECONDS`.
+
+        The first step is left out of the measurement (it pays for warm-up: allocation,
+        autotuning, compilation); the rest is timed for :data:`ESTIMATE_AFTER_SECONDS`, so the
+        figure is measured on this machine, never guessed from the model.
+        """
+        if self._estimated:
+            return
+        if self._estimate_from is None or self._estimate_from[0] != self.epoch:  # epoch seconds restart each epoch
+            self._estimate_from = (self.epoch, self.step.step, state.seconds)
+            return
+        _, step0, seconds0 = self._estimate_from
+        steps, seconds = self.step.step - step0, state.seconds - seconds0
+        if steps < 1 or (seconds < ESTIMATE_AFTER_SECONDS and state.batch < self.steps_per_epoch):
+            return
+        self._estimated = True
+        per_step = seconds / steps
+        images_per_s = self.tc.batch_size * self.runtime.world_size / max(per_step, 1e-9)
+        epochs_left = self.tc.epochs - self.epoch
+        val_images = self.val_of if self.tc.val_subset is None else min(self.tc.val_subset, self.val_of)
+        total = (self.total_steps - self.step.step) * per_step + epochs_left * val_images * EVAL_COST / images_per_s
+        if total > LONG_RUN_SECONDS and self.runtime.is_main:
+            log.warning(
+                "this run will take about %s: measured %s img/s over its first steps, for %d more epoch(s) of "
+                "%s training images%s; for a quicker run: fewer --epochs, --train-subset N, --val-subset N, "
+                "a smaller model, a GPU, or pretrained weights (--pretrained) where the model has them",
+                format_duration(total), f"{images_per_s:,.1f}", epochs_left, f"{self.images_per_epoch:,}",
+                f" and validation on {val_images:,}" if val_images else "",
+            )  # fmt: skip
 
     def _save_last(self) -> None:
         """Write ``last.pt``: everything needed to continue from the current step exactly."""
@@ -312,6 +376,7 @@ def fit(
     lr_scales: Mapping[str, float] | None = None,
     loaders: tuple[BatchSource, BatchSource | None] | None = None,
     verbose: bool = True,
+    phase: str | None = None,
 ) -> History:
     """Train ``model`` on ``splits`` as ``cfg`` says.
 
@@ -329,6 +394,8 @@ def fit(
         loaders: ``(train, val)`` batch sources to use instead of image loaders built from
             ``splits`` (val may be None), e.g. cached features.
         verbose: print one line per epoch (and a progress bar on a terminal).
+        phase: names this training in a run that trains in phases (transfer learning:
+            ``"head (frozen backbone)"``, ``"fine-tune"``); shown before each ``epoch i/n``.
 
     Returns:
         The history; ``model`` holds the final weights (the EMA weights when EMA is on).
@@ -339,7 +406,7 @@ def fit(
     """
     runtime = runtime or resolve_runtime(cfg.train)
     trainer = Trainer(model, splits, cfg, runtime, run_dir=run_dir, on_epoch_end=on_epoch_end, lr_scales=lr_scales,
-                      loaders=loaders, verbose=verbose)  # fmt: skip
+                      loaders=loaders, verbose=verbose, phase=phase)  # fmt: skip
     if resume is not None:
         trainer.restore(resume)
     return trainer.run()

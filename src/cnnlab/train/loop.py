@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.train.optim import set_lr
+from cnnlab.train.progress import EpochProgress, PassProgress
 from cnnlab.train.runtime import Runtime, all_reduce_sum
 
 
@@ -108,7 +109,7 @@ def train_one_epoch(
     state: EpochState,
     *,
     on_step: Callable[[EpochState], None] | None = None,
-    progress=None,  # noqa: ANN001 - cnnlab.train.progress.EpochProgress
+    progress: EpochProgress | None = None,
 ) -> bool:
     """Train from ``state.batch`` to the end of the epoch (or until ``ts.stop()``).
 
@@ -176,13 +177,15 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: BatchSource, runtime: Runtime, *, tta: bool = False, keep_outputs: bool = False
-) -> EvalResult:
+    model: nn.Module, loader: BatchSource, runtime: Runtime, *, tta: bool = False, keep_outputs: bool = False,
+    progress: PassProgress | None = None,
+) -> EvalResult:  # fmt: skip
     """Mean cross-entropy, top-1 and top-5 accuracy of ``model`` on ``loader``.
 
     Args:
         tta: test-time augmentation: average the softmax of the image and its mirror image.
         keep_outputs: also return the logits (log-probabilities with ``tta``) and labels.
+        progress: advanced after every batch (a bar on a terminal once the pass is slow).
     """
     was_training = model.training
     model.eval()
@@ -208,6 +211,8 @@ def evaluate(
         if keep_outputs:
             outputs.append(logits.cpu())
             labels.append(y.cpu())
+        if progress is not None:
+            progress.advance()
     model.train(was_training)
     total_loss, total_correct, total_correct5, total_n = all_reduce_sum(
         [loss_sum.item(), correct.item(), correct5.item(), float(n)], runtime

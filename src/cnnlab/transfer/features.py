@@ -25,6 +25,7 @@ from cnnlab.data.loader import DeviceLoader, derive_seed
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes, cache_dir
 from cnnlab.train.loaders import build_loader
+from cnnlab.train.progress import PassProgress
 from cnnlab.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,19 +42,26 @@ def feature_key(identity: dict[str, Any], fingerprint: str, split: str, view: in
 @torch.no_grad()
 def extract(
     model: torch.nn.Module, images: ImageSet, mean: Any, std: Any, *, device: torch.device, batch_size: int = 256,
-    augment: Any = None, seed: int = 0, channels_last: bool = False,
+    augment: Any = None, seed: int = 0, channels_last: bool = False, label: str = "caching features",
+    verbose: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """Features (N, F) float32 on the CPU of every image, in order, through ``model.features``.
 
     Args:
         augment: optional ``(x, generator) -> x`` on [0, 1] batches (an augmented view);
             each batch's randomness is seeded by ``(seed, batch index)``.
+        label: what the progress bar says (shown on a terminal when the pass is slow).
+        verbose: show the progress bar.
     """
     loader = build_loader(images, (mean, std), Runtime.local(device, channels_last=channels_last), batch_size=batch_size)
     batches = loader if augment is None else loader.iter_augmented(augment, seed=seed)
     was = model.training
     model.eval()
-    out = [model.features(x).float().cpu() for x, _ in batches]
+    out = []
+    with PassProgress(label, len(loader), enabled=verbose) as bar:
+        for x, _ in batches:
+            out.append(model.features(x).float().cpu())
+            bar.advance()
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -61,14 +69,25 @@ def extract(
 def cached_features(
     model: Any, splits: Splits, split: str, *, device: torch.device, view: int = 0, augment: str = "", seed: int = 0,
     batch_size: int = 256, cache: bool = True, identity: dict[str, Any] | None = None, channels_last: bool = False,
+    indices: np.ndarray | None = None, verbose: bool = True,
 ) -> tuple[torch.Tensor, bool]:  # fmt: skip
     """One split's features, from the disk cache when present.
+
+    Args:
+        indices: only these images of the split, in this order (e.g. a ``--val-subset``);
+            None: all of them. They are cached under their own key.
+        verbose: show a progress bar while features are computed (on a terminal).
 
     Returns:
         ``(features (N, F) float32 on the CPU, hit)``; ``hit`` is True when they came from the cache.
     """
     identity = identity if identity is not None else model.cache_identity()
-    path = cache_dir("features") / f"{feature_key(identity, splits.fingerprint, split, view, augment, seed)}.npy"
+    images = splits.split(split)
+    part = split
+    if indices is not None:
+        images = images.subset(indices)
+        part = f"{split}/{hashlib.blake2b(np.asarray(indices, np.int64).tobytes(), digest_size=8).hexdigest()}"
+    path = cache_dir("features") / f"{feature_key(identity, splits.fingerprint, part, view, augment, seed)}.npy"
     if cache and path.is_file():
         try:
             return torch.from_numpy(np.load(path)), True
@@ -76,8 +95,9 @@ def cached_features(
             log.warning("feature cache %s is unreadable; computing the features again", path)
     mean, std = splits.stats
     aug = build_augment(augment, mean=mean) if view > 0 else None
-    feats = extract(model, splits.split(split), mean, std, device=device, batch_size=batch_size, augment=aug,
-                    seed=derive_seed(seed, view), channels_last=channels_last)  # fmt: skip
+    label = f"caching {split} features" + (f" (augmented view {view})" if view else "")
+    feats = extract(model, images, mean, std, device=device, batch_size=batch_size, augment=aug,
+                    seed=derive_seed(seed, view), channels_last=channels_last, label=label, verbose=verbose)  # fmt: skip
     if cache:
         buf = io.BytesIO()
         np.save(buf, feats.numpy())

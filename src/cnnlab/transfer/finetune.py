@@ -23,11 +23,15 @@ from cnnlab.config import RunConfig
 from cnnlab.data.sources import Splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models.transfer import TransferModel
-from cnnlab.train.fit import History, fit
+from cnnlab.train.fit import History, fit, validation_indices
 from cnnlab.train.runtime import Runtime, resolve_runtime
 from cnnlab.transfer.features import FeatureLoader, cached_features
 
 log = logging.getLogger(__name__)
+
+# What the epoch lines call the two phases: the new head on a frozen backbone, then everything.
+HEAD_PHASE = "head (frozen backbone)"
+FINETUNE_PHASE = "fine-tune"
 
 
 def choose_mode(cfg: RunConfig, splits: Splits) -> tuple[str, str]:
@@ -41,7 +45,8 @@ def choose_mode(cfg: RunConfig, splits: Splits) -> tuple[str, str]:
     pretrained = cfg.model.pretrained or t.backbone is not None
     if t.mode is None:
         if not pretrained:
-            return "full", "no pretrained weights: training every layer from scratch"
+            return "full", (f"{cfg.model.name} without --pretrained: no pretrained weights, so every layer trains from "
+                            "scratch (slow for a large model; add --pretrained for its pretrained weights)")  # fmt: skip
         mode = "auto"
     else:
         mode = t.mode
@@ -58,13 +63,19 @@ def choose_mode(cfg: RunConfig, splits: Splits) -> tuple[str, str]:
     return picked, reason
 
 
-def feature_loaders(model: TransferModel, splits: Splits, cfg: RunConfig, runtime: Runtime) -> tuple[FeatureLoader, FeatureLoader | None]:
-    """Loaders of cached features for the training split (plain + augmented views) and validation."""
+def feature_loaders(
+    model: TransferModel, splits: Splits, cfg: RunConfig, runtime: Runtime, *, verbose: bool = True,
+) -> tuple[FeatureLoader, FeatureLoader | None]:  # fmt: skip
+    """Loaders of cached features for the training split (plain + augmented views) and validation.
+
+    ``verbose`` shows a progress bar (on a terminal) while features are computed.
+    """
     t, tc = cfg.transfer, cfg.train
     if t.feature_views and not cfg.data.augment:
         raise CnnlabError("--feature-views needs an augmentation to vary the views; add e.g. --augment flip,crop:4")
     common = dict(device=runtime.device, augment=cfg.data.augment, seed=tc.seed, batch_size=tc.eval_batch_size,
-                  cache=t.cache, identity=model.cache_identity(), channels_last=runtime.channels_last)  # fmt: skip
+                  cache=t.cache, identity=model.cache_identity(), channels_last=runtime.channels_last,
+                  verbose=verbose and runtime.is_main)  # fmt: skip
     views, hits = [], 0
     for v in range(t.feature_views + 1):
         feats, hit = cached_features(model, splits, "train", view=v, **common)
@@ -76,8 +87,10 @@ def feature_loaders(model: TransferModel, splits: Splits, cfg: RunConfig, runtim
                           device=runtime.device)  # fmt: skip
     val = None
     if len(splits.val):
-        feats, _ = cached_features(model, splits, "val", **common)
-        val = FeatureLoader(feats[None], splits.val.labels, batch_size=tc.eval_batch_size, train=False, device=runtime.device)
+        idx = validation_indices(splits, tc)  # a --val-subset run extracts (and caches) only its subset
+        feats, _ = cached_features(model, splits, "val", indices=idx, **common)
+        labels = splits.val.labels if idx is None else splits.val.labels[idx]
+        val = FeatureLoader(feats[None], labels, batch_size=tc.eval_batch_size, train=False, device=runtime.device)
     return train, val
 
 
@@ -93,22 +106,22 @@ def fit_transfer(
     """
     runtime = runtime or resolve_runtime(cfg.train)
     mode, reason = choose_mode(cfg, splits)
-    if runtime.is_main:  # the decision is always reported, --quiet or not
+    if runtime.is_main:  # the decision is reported with the run's header (both hidden by --quiet)
         log.info("%s", reason)
     if mode == "full":
         return fit(model, splits, cfg, runtime=runtime, run_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end, verbose=verbose)
     model.to(runtime.device)
     if mode == "feature-extract":
         model.freeze_backbone()
-        loaders = feature_loaders(model, splits, cfg, runtime)
+        loaders = feature_loaders(model, splits, cfg, runtime, verbose=verbose)
         return fit(model, splits, cfg, runtime=runtime, run_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end,
-                   loaders=loaders, verbose=verbose)  # fmt: skip
+                   loaders=loaders, verbose=verbose, phase=HEAD_PHASE)  # fmt: skip
     t = cfg.transfer
     if resume is None and t.freeze_epochs > 0:
         model.freeze_backbone()
         head_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=t.freeze_epochs, early_stopping=None, ema=None))
         fit(model, splits, head_cfg, runtime=runtime, run_dir=Path(run_dir) / "frozen" if run_dir is not None else None,
-            loaders=feature_loaders(model, splits, cfg, runtime), verbose=verbose)  # fmt: skip
+            loaders=feature_loaders(model, splits, cfg, runtime, verbose=verbose), verbose=verbose, phase=HEAD_PHASE)  # fmt: skip
     model.unfreeze_backbone(t.norm)
     return fit(model, splits, cfg, runtime=runtime, run_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end,
-               lr_scales={"backbone": t.backbone_lr_ratio}, verbose=verbose)  # fmt: skip
+               lr_scales={"backbone": t.backbone_lr_ratio}, verbose=verbose, phase=FINETUNE_PHASE)  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cnnlab.recipe.checks import CheckReport, check_setup
+from cnnlab.recipe.checks import CheckItem, CheckReport, check_setup
 from cnnlab.recipe.html import esc, h2, num, verdict
 from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
 
@@ -36,9 +36,31 @@ class CheckStep(OnceStep):
     def report_section(self, results: Sequence[tuple[str, CheckReport]], report: ReportContext) -> str:
         _, check = results[-1]
         rows = "".join(
-            f"<tr><td>{esc(i.name)}</td><td>{verdict(i.passed)}</td><td>{esc(num(i.measured))}</td>"
-            f"<td>{esc(num(i.expected))}</td><td>{esc(i.message)}</td></tr>"
+            f"<tr><td>{esc(i.name)}</td><td>{verdict(i.passed)}</td><td>{esc(measurement(i))}</td><td>{esc(i.message)}</td></tr>"
             for i in check.items
         )
-        return (h2(self.title) + "<table><tr><th>check</th><th>verdict</th><th>measured</th><th>expected</th>"
+        return (h2(self.title) + "<table><tr><th>check</th><th>verdict</th><th>measured (criterion)</th>"
                 "<th>what it means</th></tr>" + rows + "</table>")  # fmt: skip
+
+
+# What each check's number counts: a bare "0" next to "expected 0" says nothing.
+_MEASURES = {"initial-loss": "loss", "gradients": "broken parameter tensors",
+             "weight-decay": "loss increase", "batch-independence": "leak ratio"}  # fmt: skip
+
+
+def measurement(item: CheckItem) -> str:
+    """The number a check measured, with its unit and the criterion it must meet, in words.
+
+    A check that did not run (``skipped: ...``) has no number: it says "does not apply".
+    """
+    if item.message.startswith("skipped"):
+        return "does not apply"
+    what = _MEASURES.get(item.name, "")
+    value = f"{num(item.measured)} {what}".strip()
+    if item.relation == "~":
+        tol = f" ± {num(item.tolerance)}" if item.tolerance is not None else ""
+        return f"{value} (expected {num(item.expected)}{tol})"
+    if item.relation == ">":
+        return f"{value} (must be > {num(item.expected)})"
+    limit = item.tolerance if item.tolerance is not None else item.expected
+    return f"{value} (allowed: at most {num(limit)})"

@@ -11,7 +11,7 @@ from typing import Any
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import load_run_config
 from cnnlab.recipe.diagnose import Diagnosis, diagnose_run
-from cnnlab.recipe.html import esc, h2, img
+from cnnlab.recipe.html import esc, h2, img, plural
 from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
 from cnnlab.recipe.steps.chosen import BEST_YAML
 from cnnlab.recipe.steps.diagnose import diagnosis_block
@@ -52,7 +52,7 @@ class FinalStep(OnceStep):
         epochs = ctx.options.final_epochs or _final_epochs(ctx)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
         run = RunFolder(ctx.out / FOLDER)
-        ctx.say(f"final: {epochs} epochs on the whole training split -> {run.path}")
+        ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split -> {run.path}")
         if run.exists():  # started before (a checkpoint, or only its config): a new run may not reuse the folder
             summary = run_training(resume=run.path, verbose=ctx.verbose)
         else:
@@ -68,14 +68,14 @@ class FinalStep(OnceStep):
                            dict(data.get("summary") or {}), Diagnosis.from_dict(data.get("diagnosis") or {}))  # fmt: skip
 
     def evidence(self, result: FinalResult) -> str:
-        return f"test accuracy {result.test_acc or 0:.2%} after {result.epochs} epochs"
+        return f"test accuracy {result.test_acc or 0:.2%} after {plural(result.epochs, 'epoch')}"
 
     def report_section(self, results: Sequence[tuple[str, FinalResult]], report: ReportContext) -> str:
         _, final = results[-1]
         run = RunFolder(report.out / FOLDER)
         parts = [h2(self.title),
                  f"<p>Test accuracy <b>{final.test_acc or 0:.2%}</b> (best validation {final.best_val_acc or 0:.2%}) "
-                 f"after {final.epochs} epochs; run folder <code>{esc(run.path)}</code>.</p>"]  # fmt: skip
+                 f"after {plural(final.epochs, 'epoch')}; run folder <code>{esc(run.path)}</code>.</p>"]  # fmt: skip
         if final.diagnosis.epochs:
             parts.append(diagnosis_block("diagnosis", final.diagnosis))
         confusion, missing = _confusion(run, report.figs / "confusion.png")

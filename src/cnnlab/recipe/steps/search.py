@@ -20,7 +20,7 @@ from typing import Any
 
 from cnnlab.config import RunConfig
 from cnnlab.io import atomic_write_json
-from cnnlab.recipe.html import params
+from cnnlab.recipe.html import params, plural
 from cnnlab.models.registry import list_models, model_info
 from cnnlab.recipe.search import load_search, run_search
 from cnnlab.recipe.space import SearchSpace, coarse_space, refine_space
@@ -60,7 +60,7 @@ class _StageStep:
 
     def evidence(self, result: StageResult) -> str:
         best = result.best
-        return f"{len(result.search.trials)} trials, best val acc {result.best_value:.2%} with {params(best.params if best else {})}"
+        return f"{plural(len(result.search.trials), 'trial')}, best val acc {result.best_value:.2%} with {params(best.params if best else {})}"
 
 
 class CoarseStep(_StageStep):
@@ -170,7 +170,7 @@ def run_stage(ctx: RecipeContext, key: str, stage: str, space: SearchSpace, seco
                                 sampler=opt.sampler, pruner=opt.pruner, workers=opt.workers, seed=seed,
                                 verbose=False, enqueue=[start_from] if start_from else ())  # fmt: skip
     out = StageResult(result, space)
-    ctx.say(f"{key}: {len(result.trials)} trials ({len(out.complete)} complete), best val acc {out.best_value:.2%}")
+    ctx.say(f"{key}: {plural(len(result.trials), 'trial')} ({len(out.complete)} complete), best val acc {out.best_value:.2%}")
     return out
 
 
