@@ -109,6 +109,7 @@ RUN_FLAGS = {
     "--seed": (c.TrainConfig, "seed"), "--label-smoothing": (c.TrainConfig, "label_smoothing"),
     "--device": (c.TrainConfig, "device"), "--amp": (c.TrainConfig, "amp"),
     "--channels-last": (c.TrainConfig, "channels_last"), "--checkpoint-minutes": (c.TrainConfig, "checkpoint_minutes"),
+    "--mixup": (c.TrainConfig, "mixup"), "--cutmix": (c.TrainConfig, "cutmix"), "--mix-prob": (c.TrainConfig, "mix_prob"),
     "--feature-views": (c.TransferConfig, "feature_views"), "--freeze-epochs": (c.TransferConfig, "freeze_epochs"),
     "--backbone-lr-ratio": (c.TransferConfig, "backbone_lr_ratio"), "--finetune-norm": (c.TransferConfig, "norm"),
 }  # fmt: skip

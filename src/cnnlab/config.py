@@ -43,6 +43,9 @@ TransferNorm = Literal["train", "frozen"]
 Activation = Literal["relu", "gelu", "sigmoid", "leaky_relu", "silu", "tanh"]
 NormName = Literal["batch", "layer", "instance", "group", "none"]
 InitName = Literal["kaiming", "xavier", "normal", "torch"]
+# How a classifier head turns the last feature map into a vector: global average pool (any
+# input size) or flatten (keeps where a feature is; fixed to the input size the model was built for).
+HeadName = Literal["gap", "flatten"]
 
 
 def choices(literal: Any) -> tuple[Any, ...]:
@@ -423,6 +426,10 @@ class TrainConfig:
     eval_batch_size: int = _num(512, Range(integer=True, lo=1, hi=INT_MAX))
     seed: int = _num(0, Range(integer=True, lo=0, hi=SEED_MAX))
     label_smoothing: float = _num(0.0, Range(lo=0, hi=1, hi_open=True))
+    # Beta(alpha, alpha) of mixup's / CutMix's label weight (0: off; see cnnlab.train.mix)
+    mixup: float = _num(0.0, Range(lo=0))
+    cutmix: float = _num(0.0, Range(lo=0))
+    mix_prob: float = _num(1.0, Range(lo=0, hi=1))  # probability that a training batch is mixed, when mixup or cutmix is on
     # max global gradient norm; 0 or less would zero or reverse the gradient, so it is refused
     grad_clip: float | None = _num(None, Range(lo=0, lo_open=True))
     ema: float | None = _num(None, Range(lo=0, hi=1, lo_open=True, hi_open=True))  # decay of an exponential moving average of the weights (e.g. 0.999)

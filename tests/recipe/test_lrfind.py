@@ -103,6 +103,50 @@ def test_suggest_lr_is_pure_and_checks_its_input() -> None:
         suggest_lr(lrs[:10], losses[:9])
 
 
+def test_suggestion_stays_in_the_swept_range_and_above_the_descent_start() -> None:
+    # A short sweep whose minimum is near its start: fastai's min/10 fell below the sweep's own
+    # start (the 2.6e-8 from a sweep starting at 1e-7); it is kept in the range now.
+    lrs = lr_schedule(1e-7, 1e-3, 20)
+    short_lrs, losses = _until_divergence(lrs, _curve(lrs, center=2e-7, width=0.3, blow_up=1e-6))
+    a = analyse_curve(short_lrs, losses)
+    assert a.rule.startswith("no clear descent") and a.min_lr / 10 < short_lrs[0]
+    assert a.suggestion == pytest.approx(short_lrs[0])
+    # A sharp valley right before divergence: min_lr/3 would sit below where the loss left its plateau.
+    short_lrs, losses = _until_divergence(lrs, _curve(lrs, center=3e-6, width=0.3, blow_up=1.5e-5))
+    a = analyse_curve(short_lrs, losses)
+    assert a.suggestion > a.min_lr / 3 and "clamped" in a.rule
+    start = float(a.rule.split("descent's start ")[1].split()[0])
+    assert a.suggestion == pytest.approx(start, rel=1e-2) and short_lrs[0] <= a.suggestion <= short_lrs[-1]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_suggestion_is_inside_the_sweep(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 60))
+    lrs = lr_schedule(10 ** rng.uniform(-8, -3), 10 ** rng.uniform(-2, 1), n)
+    center = 10 ** rng.uniform(np.log10(lrs[0]), np.log10(lrs[-1]))
+    losses = _curve(lrs, center=center, width=rng.uniform(0.1, 1), blow_up=center * 10 ** rng.uniform(0.1, 2))
+    short_lrs, short = _until_divergence(lrs, losses * (1 + 0.1 * rng.standard_normal(n)))
+    if len(short) < 5:
+        return
+    lr, _ = suggest_lr(short_lrs, short)
+    assert short_lrs[0] <= lr <= short_lrs[-1]
+
+
+def test_a_curve_that_cannot_decide_falls_back_on_the_given_lr() -> None:
+    lr, rule = suggest_lr(LRS, np.full(100, 2.3), fallback_lr=0.1)  # flat: nothing learned
+    assert lr == 0.1 and rule.startswith("no clear descent") and "configuration's own peak lr 0.1" in rule
+    lr, rule = suggest_lr(LRS[:3], [2.3, 2.2, 2.1], fallback_lr=0.1)  # too few points: no error, the fallback
+    assert lr == 0.1 and "too few finite losses" in rule
+    lrs, losses = _until_divergence(LRS, _curve(LRS))
+    assert suggest_lr(lrs, losses, fallback_lr=0.1) == suggest_lr(lrs, losses)  # a clear valley ignores it
+    with pytest.raises(CnnlabError, match="fallback"):
+        suggest_lr(LRS, np.full(100, 2.3), fallback_lr=0.0)
+    result = _result(LRS, np.full(100, 2.3), fallback_lr=0.1)
+    texts = " ".join(t.get_text() for t in result.figure().axes[0].texts)
+    assert "configuration's own peak lr 0.1" in texts
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -151,8 +195,8 @@ def test_same_seed_same_result_and_divergence_stops_early(splits, tmp_path: Path
     assert other.losses != a.losses  # the seed matters
 
 
-def _result(lrs: np.ndarray, losses: np.ndarray) -> LRFindResult:
-    a = analyse_curve(lrs, losses)
+def _result(lrs: np.ndarray, losses: np.ndarray, fallback_lr: float | None = None) -> LRFindResult:
+    a = analyse_curve(lrs, losses, fallback_lr=fallback_lr)
     return LRFindResult(lrs=list(lrs), losses=list(losses), smoothed=[None if np.isnan(v) else float(v) for v in a.smoothed],
                         suggestion=a.suggestion, rule=a.rule, min_lr=a.min_lr, stopped_early=False)  # fmt: skip
 
@@ -180,6 +224,12 @@ def test_plot_of_a_valley_marks_the_suggestion_and_keeps_the_valley_in_view() ->
     assert low < 0.4 and 2.3 < high < 3.5  # the whole valley, not the divergent tail
     texts = " ".join(t.get_text() for t in ax.texts)
     assert f"suggested lr {result.suggestion:.2g}" in texts and "no clear descent" not in texts
+
+
+def test_a_sweep_that_learns_nothing_suggests_the_configured_lr(splits) -> None:
+    # lr 1e-9..1e-8 cannot move the loss: the curve cannot decide, the config's own lr is suggested
+    result = lr_find(_cfg(), start=1e-9, end=1e-8, steps=13, splits=splits, fallback_lr=_cfg().optim.lr)
+    assert result.suggestion == _cfg().optim.lr == 0.1 and result.rule.startswith("no clear descent")
 
 
 def test_bad_arguments() -> None:

@@ -239,3 +239,39 @@ def test_recipe_killed_in_its_search_resumes(tmp_path: Path) -> None:
     assert {k: after.steps[k] for k in ("check", "overfit", "lr_find")} == {k: state.steps[k] for k in ("check", "overfit", "lr_find")}
     kept = {Path(t["run_dir"]).name for t in after.steps["coarse"]["trials"] if t["state"] == "COMPLETE"}
     assert finished <= kept  # no finished trial was lost or redone
+
+
+def test_best_yaml_says_the_epochs_the_final_run_trained(recipe_dir: Path) -> None:
+    best, final = load_run_config(recipe_dir / "best.yaml"), load_run_config(recipe_dir / "final" / "config.yaml")
+    assert best.train.epochs == final.train.epochs == RecipeState.load(recipe_dir).steps["final"]["epochs"]
+
+
+def test_final_epochs_come_from_the_final_models_measured_speed(tmp_path: Path) -> None:
+    """With a budget, the final step times the final model, plans whole epochs in the time left, and says why."""
+    import dataclasses
+
+    from cnnlab.config import dump_yaml, to_dict
+    from cnnlab.recipe.step import RecipeContext, ReportContext
+    from cnnlab.recipe.steps.chosen import BEST_YAML
+    from cnnlab.recipe.steps.final import MAX_EPOCHS, FinalStep
+
+    base = _cfg()
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1000))  # far more than fits
+    options = RecipeOptions(budget_seconds=60.0, coarse_trials=1)
+    state = RecipeState(config=to_dict(base), options=dataclasses.asdict(options), spent_seconds=54.0)  # 6 s left
+    tmp_path.joinpath(BEST_YAML).write_text(dump_yaml(base))
+    ctx = RecipeContext(base, options, tmp_path, state, RECIPE_STEPS, verbose=False)
+    step = FinalStep()
+    result = step.run(ctx, "final")
+    plan = result.plan
+    assert plan is not None and plan.search_seconds == 0.0 and not plan.skip_search
+    left = max(plan.budget_seconds - plan.elapsed_seconds, 0.0)
+    fits = int(max(left - plan.fixed_seconds, 0.0) // plan.final_epoch_seconds)
+    assert plan.final_epochs == min(fits, MAX_EPOCHS)  # the whole epochs of its measured speed that fit
+    assert result.epochs == max(plan.final_epochs, 1) and plan.final_seconds <= left  # planned inside the budget
+    assert load_run_config(tmp_path / BEST_YAML).train.epochs == result.epochs  # not the base config's 1000
+    assert load_run_config(tmp_path / "final" / "config.yaml").train.epochs == result.epochs
+    assert step.from_dict(json.loads(json.dumps(step.to_dict(result)))).plan == plan  # recipe.json keeps the plan
+    (tmp_path / "figs").mkdir()
+    html = step.report_section([("final", result)], ReportContext(tmp_path, tmp_path / "figs", state, ctx.records))
+    assert "budget plan" in html and all(reason.split(" (")[0] in html for reason in plan.reasons)

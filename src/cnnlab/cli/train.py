@@ -71,6 +71,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None
     t("--batch-size", field=(c.TrainConfig, "batch_size"))
     t("--seed", field=(c.TrainConfig, "seed"))
     t("--label-smoothing", field=(c.TrainConfig, "label_smoothing"))
+    t("--mixup", field=(c.TrainConfig, "mixup"), metavar="ALPHA", help="mix image pairs and their labels, weight ~ Beta(ALPHA, ALPHA), e.g. 0.2; 0 is off")
+    t("--cutmix", field=(c.TrainConfig, "cutmix"), metavar="ALPHA", help="paste a box from another image, area ~ Beta(ALPHA, ALPHA), labels by area, e.g. 1.0; 0 is off")
+    t("--mix-prob", field=(c.TrainConfig, "mix_prob"), metavar="P", help="probability that a batch is mixed when --mixup/--cutmix is on")
     t("--grad-clip", field=(c.TrainConfig, "grad_clip"), metavar="NORM", help="clip the gradient norm (default: no clipping)")
     t("--ema", field=(c.TrainConfig, "ema"), metavar="DECAY", help="evaluate an exponential moving average of the weights, e.g. 0.999 (default: off)")
     t("--early-stopping", field=(c.TrainConfig, "early_stopping"), metavar="EPOCHS", help="stop after this many epochs without a lower validation loss (default: off)")
@@ -174,7 +177,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
                   "nesterov": off("no_nesterov")},
         "schedule": {"name": g("schedule"), "warmup_epochs": g("warmup")},
         "train": {"epochs": g("epochs"), "batch_size": g("batch_size"), "seed": g("seed"),
-                  "label_smoothing": g("label_smoothing"), "grad_clip": g("grad_clip"), "ema": g("ema"),
+                  "label_smoothing": g("label_smoothing"), "mixup": g("mixup"), "cutmix": g("cutmix"),
+                  "mix_prob": g("mix_prob"), "grad_clip": g("grad_clip"), "ema": g("ema"),
                   "early_stopping": g("early_stopping"), "deterministic": flag("deterministic"),
                   "class_weights": flag("class_weights"), "balanced_sampling": flag("balanced_sampling"),
                   "train_subset": g("train_subset"), "val_subset": g("val_subset"), "device": g("device"), "amp": g("amp"),

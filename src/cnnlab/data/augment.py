@@ -30,7 +30,18 @@ from typing import Any
 
 import torch
 
-from cnnlab.data.augment_ops import ColorJitter, Crop, Cutout, HFlip, Op, ResizedCrop, VFlip, format_value
+from cnnlab.data.augment_ops import (
+    ColorJitter,
+    Crop,
+    Cutout,
+    Erase,
+    HFlip,
+    Op,
+    ResizedCrop,
+    TrivialAugment,
+    VFlip,
+    format_value,
+)
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -39,18 +50,22 @@ __all__ = [
     "ColorJitter",
     "Crop",
     "Cutout",
+    "Erase",
     "HFlip",
     "OPS",
     "Op",
     "PRESETS",
     "ResizedCrop",
+    "TrivialAugment",
     "VFlip",
     "build_augment",
     "parse_augment",
 ]
 
 #: Op classes by canonical name.
-OPS: dict[str, type[Op]] = {cls.name: cls for cls in (HFlip, VFlip, Crop, ResizedCrop, ColorJitter, Cutout)}
+OPS: dict[str, type[Op]] = {
+    cls.name: cls for cls in (HFlip, VFlip, Crop, ResizedCrop, ColorJitter, Cutout, Erase, TrivialAugment)
+}
 #: Named specs that expand to a list of ops.
 PRESETS: dict[str, str] = {"standard": "hflip,crop:4", "none": ""}
 
@@ -274,7 +289,7 @@ def build_augment(
     Args:
         spec: anything :func:`parse_augment` accepts.
         mean: the training split's per-channel mean in [0, 1] units (the units of the
-            batch the pipeline sees); needed by ``cutout:fill=mean``.
+            batch the pipeline sees); needed by ``cutout:fill=mean`` and ``erase:fill=mean``.
 
     Returns:
         An :class:`Augment`, or ``None`` for ``None``, ``""``, ``"none"`` or ``[]``.
@@ -293,7 +308,7 @@ def build_augment(
                 "divide 0-255 statistics by 255"
             )
     for i, op in enumerate(ops):
-        if isinstance(op, Cutout) and op.fill == "mean":
+        if isinstance(op, (Cutout, Erase)) and op.fill == "mean":
             if mean is None:
                 raise CnnlabError(
                     f"augment op '{op}' fills with the dataset mean; pass mean= to build_augment, or use fill=zero"

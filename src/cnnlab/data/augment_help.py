@@ -20,5 +20,9 @@ positional args in the order below, or NAME:KEY=VALUE[:KEY=VALUE...].
                         colour jitter; 'jitter:S' sets brightness = contrast = saturation = S
   cutout              size=8 fill=zero|mean p=1
                         blank a random size x size square (may be clipped at the border)
+  erase               p=0.5 min_scale=0.02 max_scale=0.33 min_ratio=0.3 max_ratio=3.3 fill=zero|mean|random
+                        blank a random rectangle: area fraction, aspect ratio (h/w) range, fill
+  trivial             magnitude=1
+                        TrivialAugmentWide: one random op and strength per sample (no equalize)
 Presets: standard = hflip,crop:4; none = no augmentation.
 Example: flip,crop:4:reflect,cutout:8  or  crop:padding=4:mode=reflect"""

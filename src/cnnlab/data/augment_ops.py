@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar, NoReturn
 
@@ -435,3 +435,204 @@ class Cutout(Op):
             windows = pattern.as_strided((pattern.numel() - length + 1, length), (1, 1))
             bands.append(windows.index_select(0, k))
         return bands[0], bands[1]
+
+
+@dataclass(frozen=True)
+class Erase(Op):
+    """Random erasing (Zhong et al., 2017) with torchvision's ``RandomErasing`` semantics.
+
+    With probability ``p`` a sample gets one rectangle whose area is a fraction of the
+    image uniform in [min_scale, max_scale] and whose aspect ratio (height / width, as in
+    torchvision) is log-uniform in [min_ratio, max_ratio]; sides are rounded to whole
+    pixels and the position is uniform over the places where it fits. As in torchvision, 10
+    draws are made and the first whose rectangle is strictly smaller than the image is
+    used; a sample where none fits is left unchanged. ``fill=random`` paints per-pixel
+    uniform noise in [0, 1] (torchvision paints standard-normal noise in normalized units),
+    ``fill=mean`` the dataset's per-channel mean (0 after normalization).
+    """
+
+    name: ClassVar[str] = "erase"
+    summary: ClassVar[str] = "blank a random rectangle: area fraction, aspect ratio (h/w) range, fill"
+    shown: ClassVar[int] = 1
+    tries: ClassVar[int] = 10
+    p: float = _arg(0.5, "probability that a sample gets a rectangle")
+    min_scale: float = _arg(0.02, "smallest rectangle area, as a fraction of the image")
+    max_scale: float = _arg(0.33, "largest rectangle area, as a fraction of the image")
+    min_ratio: float = _arg(0.3, "smallest aspect ratio (height / width)")
+    max_ratio: float = _arg(3.3, "largest aspect ratio (height / width)")
+    fill: str = _arg("zero", "value painted in the rectangle", choices=("zero", "mean", "random"))
+    # Not part of the spec: the dataset mean in [0, 1] units, needed by fill=mean.
+    mean: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._check_range("p", 0.0, 1.0)
+        if not 0.0 < self.min_scale <= self.max_scale <= 1.0:
+            self._fail(
+                f"need 0 < min_scale <= max_scale <= 1, got {format_value(self.min_scale)} and "
+                f"{format_value(self.max_scale)} (e.g. 'erase:0.5:0.02:0.33')"
+            )
+        if not 0.0 < self.min_ratio <= self.max_ratio:
+            self._fail(f"need 0 < min_ratio <= max_ratio, got {self.min_ratio} and {self.max_ratio}")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if self.p <= 0.0:
+            return x
+        if self.fill == "mean" and (self.mean is None or len(self.mean) != c):
+            got = "no mean" if self.mean is None else f"a mean of {len(self.mean)} values"
+            self._fail(f"fill=mean needs the dataset's {c}-channel mean, got {got}; pass mean= to build_augment")
+        mask = self.rect_mask(n, h, w, generator, x)
+        if self.fill == "zero":
+            return x.addcmul_(x, mask, value=-1)  # x - x * 1 is exactly 0
+        if self.fill == "mean":
+            return x.lerp_(_const(self.mean, x).view(1, c, 1, 1), mask)
+        noise = torch.rand(x.shape, generator=generator, device=x.device).to(x.dtype)
+        return x.lerp_(noise, mask)
+
+    def rect_mask(self, n: int, h: int, w: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        """Per-sample 0/1 masks (N, 1, H, W) of the rectangles, in ``like``'s dtype."""
+        dev = like.device
+        u = torch.rand(2, n, self.tries, generator=generator, device=dev, dtype=torch.float64)
+        area = u[0].mul_(self.max_scale - self.min_scale).add_(self.min_scale).mul_(h * w)
+        lo, hi = math.log(self.min_ratio), math.log(self.max_ratio)
+        ratio = u[1].mul_(hi - lo).add_(lo).exp_()
+        # torchvision: h = round(sqrt(area * ratio)), w = round(sqrt(area / ratio)), in px.
+        rh = (area * ratio).sqrt_().round_()
+        rw = (area / ratio).sqrt_().round_()
+        fits = (rh < h) & (rw < w)
+        pick = fits.to(torch.uint8).argmax(1, keepdim=True)  # first draw that fits
+        ok = fits.gather(1, pick).squeeze(1)  # False: no draw fits, the sample is kept
+        rh = rh.gather(1, pick).squeeze(1)
+        rw = rw.gather(1, pick).squeeze(1)
+        pos = torch.rand(2, n, generator=generator, device=dev, dtype=torch.float64)
+        # Top-left corner uniform over the H - rh + 1 (and W - rw + 1) places that fit.
+        top = pos[0].mul_(h - rh + 1).floor_()
+        left = pos[1].mul_(w - rw + 1).floor_()
+        if self.p < 1.0:
+            ok &= torch.rand(n, generator=generator, device=dev) < self.p
+        ys = torch.arange(h, device=dev, dtype=torch.float64)
+        xs = torch.arange(w, device=dev, dtype=torch.float64)
+        rows = ((ys >= top[:, None]) & (ys < (top + rh)[:, None]) & ok[:, None]).to(like.dtype)
+        cols = ((xs >= left[:, None]) & (xs < (left + rw)[:, None])).to(like.dtype)
+        return (rows[:, :, None] * cols[:, None, :]).unsqueeze(1)
+
+
+# TrivialAugmentWide's operations, in torchvision's order, less Equalize (a per-sample
+# histogram has no cheap batched form). Colour on a one-channel image is the identity, as
+# in torchvision, so grayscale and RGB draw from the same list.
+TRIVIAL_OPS: tuple[str, ...] = (
+    "identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate",
+    "brightness", "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast",
+)  # fmt: skip
+_TRIVIAL_BINS = 31  # magnitude levels, as torchvision's TrivialAugmentWide(num_magnitude_bins=31)
+
+
+@dataclass(frozen=True)
+class TrivialAugment(Op):
+    """TrivialAugment (Müller & Hutter, 2021) with TrivialAugmentWide's ranges, batched.
+
+    Each sample draws one operation uniformly from :data:`TRIVIAL_OPS`, one of 31
+    magnitude levels uniformly and, for the signed ops, a random sign; ``magnitude``
+    scales every range (1 = torchvision's wide ranges: shear up to 0.99, translate up to
+    32 px on a 32 px side (scaled with the side), rotate up to 135 degrees,
+    brightness/color/contrast/sharpness factors 1 +- 0.99, posterize down to 2 bits,
+    solarize threshold down to 0). Equalize is left out (no cheap batched form). The
+    geometric ops are one affine warp of the whole batch about the image centre
+    (torchvision shears about the top-left corner) with zero fill; each colour op is one
+    pass over the batch with neutral parameters for samples that did not draw it, so
+    those samples come out bit-exact.
+    """
+
+    name: ClassVar[str] = "trivial"
+    summary: ClassVar[str] = "TrivialAugmentWide: one random op and strength per sample (no equalize)"
+    magnitude: float = _arg(1.0, "scale of every op's range; 1 = TrivialAugmentWide's")
+
+    def __post_init__(self) -> None:
+        self._check_range("magnitude", 0.0, 1.0)
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample op indices into :data:`TRIVIAL_OPS` (N,) and signed levels in [-1, 1] (N,)."""
+        op = torch.randint(0, len(TRIVIAL_OPS), (n,), generator=generator, device=device)
+        level = torch.randint(0, _TRIVIAL_BINS, (n,), generator=generator, device=device).float() / (_TRIVIAL_BINS - 1)
+        sign = torch.rand(n, generator=generator, device=device).lt(0.5).float().mul_(2).sub_(1)
+        return op, level * sign * self.magnitude
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        op, level = self.draw(n, generator, x.device)
+
+        def amount(name: str) -> torch.Tensor:
+            # The signed level for samples that drew `name`, 0 (the neutral amount) for the rest.
+            return level * (op == TRIVIAL_OPS.index(name)).float()
+
+        x = _trivial_geometry(x, op, amount)
+        view = (n, 1, 1, 1)
+        x.mul_((1 + 0.99 * amount("brightness")).to(x.dtype).view(view)).clamp_(0, 1)
+        if c == 3:
+            f = (1 + 0.99 * amount("color")).to(x.dtype).view(view)
+            x.lerp_(_gray(x), 1 - f).clamp_(0, 1)
+        f = (1 + 0.99 * amount("contrast")).to(x.dtype).view(view)
+        mean = (_gray(x) if c == 3 else x).mean((1, 2, 3), keepdim=True)
+        x.mul_(f).add_(mean.mul_(1 - f)).clamp_(0, 1)
+        f = (1 + 0.99 * amount("sharpness")).to(x.dtype).view(view)
+        x = _smooth(x).lerp_(x, f).clamp_(0, 1)  # weight 1 returns x itself
+        # Posterize to 8 - 6 * |level| bits (TrivialAugmentWide: 8 down to 2), rounded.
+        bits = 8 - (6 * amount("posterize").abs()).round()
+        step = torch.exp2(8 - bits).to(x.dtype).view(view)  # 1 for everyone else
+        posterized = (x * 255 + 1e-3).div_(step).floor_().mul_(step).div_(255)
+        x = x.lerp_(posterized, (op == TRIVIAL_OPS.index("posterize")).to(x.dtype).view(view))
+        # Solarize: invert pixels at or above a threshold of 1 - |level|; 2 is never reached.
+        chosen = op == TRIVIAL_OPS.index("solarize")
+        threshold = torch.where(chosen, 1 - amount("solarize").abs(), torch.full_like(level, 2.0)).to(x.dtype)
+        # x -> 1 - x where x >= threshold, as x + flip * (1 - 2x): torch.where with a
+        # broadcast per-sample threshold takes a slow path (measured ~3x slower on CPU).
+        flip = x.ge(threshold.view(view)).to(x.dtype)
+        x = x.addcmul_(flip, x.mul(-2).add_(1))
+        # Autocontrast: per sample and channel, (x - lo) / (hi - lo); a flat channel is kept.
+        # Only the drawing samples get a non-identity scale and offset, all on (N, C, 1, 1).
+        lo = x.amin((2, 3), keepdim=True)
+        hi = x.amax((2, 3), keepdim=True)
+        use = (op == TRIVIAL_OPS.index("autocontrast")).view(view) & (hi > lo)
+        scale = torch.where(use, 1 / (hi - lo).clamp_min(1e-6), torch.ones_like(hi))
+        shift = torch.where(use, lo, torch.zeros_like(lo))
+        return x.sub_(shift).mul_(scale).clamp_(0, 1)
+
+
+def _smooth(x: torch.Tensor) -> torch.Tensor:
+    """PIL's SMOOTH filter (3x3, centre 5, others 1, over 13) inside, x on the border (as torchvision).
+
+    The 3x3 box sum is two passes of three shifted slices: a depthwise conv2d costs ~10x
+    more on CPU for these small images (mkldnn's grouped convolution).
+    """
+    rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]  # (N, C, H-2, W)
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]  # (N, C, H-2, W-2)
+    out = x.clone()
+    out[:, :, 1:-1, 1:-1] = box.add_(x[:, :, 1:-1, 1:-1], alpha=4).div_(13)
+    return out
+
+
+def _trivial_geometry(x: torch.Tensor, op: torch.Tensor, amount: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    """Warp the samples that drew shear, translate or rotate; the others come back exact."""
+    n, _, h, w = x.shape
+    angle = amount("rotate") * math.radians(135.0)
+    shx, shy = amount("shear_x") * 0.99, amount("shear_y") * 0.99
+    # 32 px on a 32 px side in TrivialAugmentWide; here that same fraction of each side, px.
+    tx, ty = amount("translate_x") * w, amount("translate_y") * h
+    cos, sin = angle.cos(), angle.sin()
+    # A = rotation @ shear in pixel units (at most one of them is not the identity).
+    a00, a01 = cos - sin * shy, cos * shx - sin
+    a10, a11 = sin + cos * shy, sin * shx + cos
+    # In grid_sample's normalised coordinates, x_n = x_px / (W / 2): A_n = S^-1 A S.
+    theta = torch.stack(
+        [
+            torch.stack([a00, a01 * (h / w), tx * (2 / w)], 1),
+            torch.stack([a10 * (w / h), a11, ty * (2 / h)], 1),
+        ],
+        1,
+    )
+    src = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    grid = F.affine_grid(theta.to(src.dtype), [n, x.shape[1], h, w], align_corners=False)
+    warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False).to(x.dtype)
+    geometric = [TRIVIAL_OPS.index(k) for k in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")]
+    chosen = (op[:, None] == torch.tensor(geometric).to(op.device, non_blocking=True)).any(1)
+    return x.lerp_(warped, chosen.to(x.dtype).view(n, 1, 1, 1))

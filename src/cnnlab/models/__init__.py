@@ -1,4 +1,4 @@
-"""The model zoo: blocks by name, a registry, VGG / ResNet / wide ResNet / simple nets.
+"""The model zoo: blocks by name, a registry, VGG / ResNet / wide ResNet / ResNet-9 / simple nets.
 
 Importing this package imports torch and registers every model family::
 
@@ -17,6 +17,7 @@ from cnnlab.models import vgg  # noqa: F401
 from cnnlab.models import resnet  # noqa: F401
 from cnnlab.models import resnet_cifar  # noqa: F401
 from cnnlab.models import wide  # noqa: F401
+from cnnlab.models import fast  # noqa: F401
 from cnnlab.models import transfer  # noqa: F401
 from cnnlab.models.base import ClassifierModel
 from cnnlab.models.registry import ModelInfo, create_model, list_models, model_info, register_model

@@ -25,6 +25,7 @@ from math import gcd
 import torch
 from torch import nn
 
+from cnnlab.config import HeadName, choices
 from cnnlab.errors import CnnlabError
 
 NormLayer = Callable[[int], nn.Module]
@@ -230,6 +231,95 @@ def get_dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def check_drop_path(rate: float, what: str = "drop_path") -> float:
+    """Validate a stochastic-depth rate (the probability that a block's residual branch is
+    dropped for one sample) and return it as float.
+
+    Raises:
+        CnnlabError: rate outside [0, 1).
+    """
+    rate = float(rate)
+    if not 0.0 <= rate < 1.0:
+        raise CnnlabError(f"{what} must be in [0, 1) (the deepest block's drop rate), got {rate}; 0 disables it")
+    return rate
+
+
+def drop_path_rates(max_rate: float, n_blocks: int) -> list[float]:
+    """Per-block stochastic-depth rates, rising linearly from 0 (first block) to ``max_rate``
+    (last block), as in Huang et al. 2016 and timm: early blocks compute features every later
+    block needs, so they are dropped least.
+
+    Args:
+        max_rate: rate of the deepest block, in [0, 1).
+        n_blocks: number of residual blocks.
+
+    Returns:
+        ``n_blocks`` rates; all 0 when ``max_rate`` is 0; ``[max_rate]`` for one block.
+    """
+    max_rate = check_drop_path(max_rate)
+    if n_blocks <= 1:
+        return [max_rate] * n_blocks
+    return [max_rate * i / (n_blocks - 1) for i in range(n_blocks)]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth for one residual branch: while training, each sample's branch output
+    is zeroed with probability ``p`` and the kept ones are scaled by 1/(1-p), so the expected
+    output is unchanged and eval needs no rescaling; at eval it is the identity.
+
+    One Bernoulli draw per sample (a (N, 1, 1, 1) mask, batched): the whole branch of that
+    sample is dropped, not single units as in dropout. The draw uses torch's global generator,
+    so it follows the run's seed like ``nn.Dropout`` does.
+
+    Args:
+        p: drop probability of the branch, in [0, 1).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = check_drop_path(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3g}"
+
+
+def get_drop_path(p: float) -> DropPath | None:
+    """A :class:`DropPath` for ``p > 0``, None for 0: a block without stochastic depth keeps
+    exactly the modules (and the ``cnnlab inspect`` rows) it had before the option existed."""
+    return DropPath(p) if check_drop_path(p) > 0 else None
+
+
+#: The head choices, from :data:`cnnlab.config.HeadName`.
+HEADS: tuple[str, ...] = choices(HeadName)
+
+
+def check_head(head: str) -> str:
+    """Validate a head name.
+
+    Raises:
+        CnnlabError: not one of :data:`HEADS`.
+    """
+    if head not in HEADS:
+        raise CnnlabError(
+            f"unknown head {head!r}; choose gap (global average pool, any input size) or flatten "
+            "(flattened feature map into the FC, for the input size the model was built for)"
+        )
+    return head
+
+
+def same_conv_size(size: int, stride: int) -> int:
+    """Output side of a 'same'-padded odd-kernel conv, or of a 2x2 ceil-mode pool (stride 2):
+    ceil(size / stride) pixels."""
+    return -(-size // stride)
+
+
 class ConvNormAct(nn.Sequential):
     """conv -> norm -> activation, with 'same' padding for odd kernels.
 
@@ -264,7 +354,7 @@ class ConvNormAct(nn.Sequential):
 
 
 class ClassifierHead(nn.Module):
-    """global pool -> [hidden FC -> act -> dropout]* -> dropout -> FC.
+    """global pool (or flatten) -> [hidden FC -> act -> dropout]* -> dropout -> FC.
 
     With no hidden layers this is the ResNet head (pool, dropout, FC); with hidden widths
     it is VGG's MLP head (each hidden FC followed by its activation and dropout).
@@ -275,6 +365,10 @@ class ClassifierHead(nn.Module):
         hidden: widths of the hidden FC layers.
         dropout: dropout probability before each FC after the first pooled features.
         act_layer: activation after the hidden FC layers.
+        head: ``gap`` (global average pool: any input size) or ``flatten`` (the whole
+            feature map, channels x h x w values, enters the first FC: it keeps where a
+            feature was, at the price of a fixed input size and h*w times the FC weights).
+        feature_size: side (px) of the square feature map; needed by ``flatten`` only.
     """
 
     def __init__(
@@ -284,11 +378,23 @@ class ClassifierHead(nn.Module):
         hidden: tuple[int, ...] = (),
         dropout: float = 0.0,
         act_layer: ActLayer = nn.ReLU,
+        head: str = "gap",
+        feature_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        check_head(head)
+        self.feature_size: int | None = None
+        if head == "flatten":
+            if feature_size is None or feature_size < 1:
+                raise CnnlabError(f"a flatten head needs the feature map's size (>= 1 px), got {feature_size!r}")
+            # No pool: the map is flattened as it is, so the FC sees every position.
+            self.pool: nn.Module = nn.Identity()
+            self.feature_size = int(feature_size)
+            width = in_features * self.feature_size**2
+        else:
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            width = in_features
         layers: list[nn.Module] = []
-        width = in_features
         for h in hidden:
             layers += [nn.Linear(width, h), act_layer(), get_dropout(dropout)]
             width = h
@@ -299,6 +405,11 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.feature_size is not None and tuple(x.shape[-2:]) != (self.feature_size,) * 2:
+            raise CnnlabError(
+                f"this model's flatten head expects a {self.feature_size}x{self.feature_size} feature map, got "
+                f"{x.shape[-2]}x{x.shape[-1]}: feed images of the input_size it was built for, or use head=gap"
+            )
         x = self.mlp(torch.flatten(self.pool(x), 1))
         return x if pre_logits else self.fc(x)
 

@@ -22,7 +22,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.base import PooledLinearHead, check_common
 from cnnlab.models.init import init_weights
 from cnnlab.models.layers import (
-    ActLayer, NormLayer, check_dropout, get_act_layer, get_dropout, get_norm_layer, is_no_norm,
+    ActLayer, NormLayer, check_dropout, drop_path_rates, get_act_layer, get_drop_path, get_dropout, get_norm_layer,
+    is_no_norm,
 )
 from cnnlab.models.registry import register_model
 
@@ -56,13 +57,14 @@ class PadShortcut(nn.Module):
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs; output = act(branch(x) + shortcut(x)), or act(branch(x)) when
-    ``skip`` is False (the plain twin)."""
+    ``skip`` is False (the plain twin). ``drop_path`` > 0 drops the branch of a random
+    share of the samples while training (stochastic depth; residual blocks only)."""
 
     expansion = 1
 
     def __init__(
         self, in_chans: int, planes: int, stride: int, downsample: nn.Module | None,
-        norm_layer: NormLayer, act_layer: ActLayer, skip: bool = True,
+        norm_layer: NormLayer, act_layer: ActLayer, skip: bool = True, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         bias = is_no_norm(norm_layer)
@@ -74,9 +76,12 @@ class BasicBlock(nn.Module):
         self.act2 = act_layer()
         self.downsample = downsample
         self.skip = skip
+        self.drop_path = _block_drop_path(skip, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.skip:
             out = out + (x if self.downsample is None else self.downsample(x))
         return self.act2(out)
@@ -87,13 +92,14 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce -> 3x3 (carries the stride, as torchvision's "v1.5") -> 1x1 expand x4."""
+    """1x1 reduce -> 3x3 (carries the stride, as torchvision's "v1.5") -> 1x1 expand x4;
+    ``drop_path`` as in :class:`BasicBlock`."""
 
     expansion = 4
 
     def __init__(
         self, in_chans: int, planes: int, stride: int, downsample: nn.Module | None,
-        norm_layer: NormLayer, act_layer: ActLayer, skip: bool = True,
+        norm_layer: NormLayer, act_layer: ActLayer, skip: bool = True, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         bias, out_chans = is_no_norm(norm_layer), planes * self.expansion
@@ -108,10 +114,13 @@ class Bottleneck(nn.Module):
         self.act3 = act_layer()
         self.downsample = downsample
         self.skip = skip
+        self.drop_path = _block_drop_path(skip, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn3(self.conv3(self.act2(self.bn2(self.conv2(out)))))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.skip:
             out = out + (x if self.downsample is None else self.downsample(x))
         return self.act3(out)
@@ -119,6 +128,17 @@ class Bottleneck(nn.Module):
     def zero_init_last(self) -> bool:
         """Zero the branch's last norm gamma (or last conv without norm); False if plain."""
         return _zero_last(self.skip, self.bn3, self.conv3)
+
+
+def _block_drop_path(skip: bool, rate: float) -> nn.Module | None:
+    if rate > 0 and not skip:
+        # Stochastic depth keeps the shortcut and drops the branch; without a shortcut it
+        # would zero the sample's whole signal.
+        raise CnnlabError(
+            "drop_path (stochastic depth) needs residual blocks: it drops a block's branch and keeps its "
+            "shortcut, and a plain net has no shortcut to keep; use the ResNet twin or drop_path=0"
+        )
+    return get_drop_path(rate)
 
 
 @torch.no_grad()
@@ -147,6 +167,8 @@ class ResNet(PooledLinearHead):
         shortcut: ``"A"`` (pad, parameter-free) or ``"B"`` (1x1 conv + norm) where the shape
             changes; identity elsewhere.
         skip: False builds the plain twin (no shortcuts at all).
+        drop_path: stochastic-depth rate of the deepest block; the rates rise linearly
+            from 0 at the first block (see :func:`~cnnlab.models.layers.drop_path_rates`).
     """
 
     head_prefixes = ("fc",)
@@ -155,7 +177,7 @@ class ResNet(PooledLinearHead):
         self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], widths: list[int],
         num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: str = "relu",
         dropout: float = 0.0, stem_width: int = 64, small_stem: bool = False, shortcut: str = "B",
-        skip: bool = True,
+        skip: bool = True, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if str(shortcut).upper() not in ("A", "B"):
@@ -174,16 +196,19 @@ class ResNet(PooledLinearHead):
         self.act1 = act_layer()
         self._in = stem_width
         self.stage_names: list[str] = []
+        rates = drop_path_rates(drop_path, sum(layers))
         for i, (n, planes) in enumerate(zip(layers, widths)):
             name = f"layer{i + 1}"
-            setattr(self, name, self._make_stage(block, planes, n, stride=1 if i == 0 else 2))
+            first = sum(layers[:i])
+            setattr(self, name, self._make_stage(block, planes, n, 1 if i == 0 else 2, rates[first:first + n]))
             self.stage_names.append(name)
         self.num_features = self._in
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.drop = get_dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
 
-    def _make_stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, n: int, stride: int) -> nn.Sequential:
+    def _make_stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, n: int, stride: int,
+                    rates: list[float]) -> nn.Sequential:
         out_chans = planes * block.expansion
         downsample: nn.Module | None = None
         if self._skip and (stride != 1 or self._in != out_chans):
@@ -194,10 +219,11 @@ class ResNet(PooledLinearHead):
                     conv1x1(self._in, out_chans, stride, is_no_norm(self._norm_layer)),
                     self._norm_layer(out_chans),
                 )
-        blocks = [block(self._in, planes, stride, downsample, self._norm_layer, self._act_layer, self._skip)]
+        blocks = [block(self._in, planes, stride, downsample, self._norm_layer, self._act_layer, self._skip, rates[0])]
         self._in = out_chans
         blocks += [
-            block(out_chans, planes, 1, None, self._norm_layer, self._act_layer, self._skip) for _ in range(n - 1)
+            block(out_chans, planes, 1, None, self._norm_layer, self._act_layer, self._skip, rates[j])
+            for j in range(1, n)
         ]
         return nn.Sequential(*blocks)
 
@@ -218,62 +244,68 @@ _IMAGENET: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
 
 
 def _imagenet(name: str, num_classes: int, in_chans: int, norm: str, act: str, dropout: float, init: str,
-              input_size: int, small_input: bool | None, zero_init_residual: bool) -> ResNet:
+              input_size: int, small_input: bool | None, zero_init_residual: bool, drop_path: float) -> ResNet:
     check_common(num_classes, in_chans, input_size)
     check_dropout(dropout)
     block, layers = _IMAGENET[name]
     small = input_size <= 64 if small_input is None else bool(small_input)
     model = ResNet(block, layers, [64, 128, 256, 512], num_classes, in_chans, norm, act, dropout,
-                   stem_width=64, small_stem=small, shortcut="B")
+                   stem_width=64, small_stem=small, shortcut="B", drop_path=drop_path)
     return init_weights(model, init, act, zero_init_residual)
 
 
 # --- ImageNet ResNets -------------------------------------------------------------------------
 # Options (all factories): num_classes, in_chans (1 or 3), norm, act, dropout (before the FC),
 # init, input_size (<= 64 selects the small stem), small_input (force the stem choice),
-# zero_init_residual (each block starts as the identity).
+# zero_init_residual (each block starts as the identity), drop_path (stochastic depth: the
+# deepest block's rate, 0 off).
 
 
 @register_model(family="resnet")
 def resnet18(num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: str = "relu",
              dropout: float = 0.0, init: str = "kaiming", input_size: int = 224,
-             small_input: bool | None = None, zero_init_residual: bool = False) -> ResNet:
+             small_input: bool | None = None, zero_init_residual: bool = False,
+             drop_path: float = 0.0) -> ResNet:
     """ResNet-18 (basic blocks 2-2-2-2); torchvision layout at the default settings."""
     return _imagenet("resnet18", num_classes, in_chans, norm, act, dropout, init, input_size, small_input,
-                     zero_init_residual)
+                     zero_init_residual, drop_path)
 
 
 @register_model(family="resnet")
 def resnet34(num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: str = "relu",
              dropout: float = 0.0, init: str = "kaiming", input_size: int = 224,
-             small_input: bool | None = None, zero_init_residual: bool = False) -> ResNet:
+             small_input: bool | None = None, zero_init_residual: bool = False,
+             drop_path: float = 0.0) -> ResNet:
     """ResNet-34 (basic blocks 3-4-6-3); torchvision layout at the default settings."""
     return _imagenet("resnet34", num_classes, in_chans, norm, act, dropout, init, input_size, small_input,
-                     zero_init_residual)
+                     zero_init_residual, drop_path)
 
 
 @register_model(family="resnet")
 def resnet50(num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: str = "relu",
              dropout: float = 0.0, init: str = "kaiming", input_size: int = 224,
-             small_input: bool | None = None, zero_init_residual: bool = False) -> ResNet:
+             small_input: bool | None = None, zero_init_residual: bool = False,
+             drop_path: float = 0.0) -> ResNet:
     """ResNet-50 (bottlenecks 3-4-6-3); torchvision layout at the default settings."""
     return _imagenet("resnet50", num_classes, in_chans, norm, act, dropout, init, input_size, small_input,
-                     zero_init_residual)
+                     zero_init_residual, drop_path)
 
 
 @register_model(family="resnet")
 def resnet101(num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: str = "relu",
               dropout: float = 0.0, init: str = "kaiming", input_size: int = 224,
-              small_input: bool | None = None, zero_init_residual: bool = False) -> ResNet:
+              small_input: bool | None = None, zero_init_residual: bool = False,
+             drop_path: float = 0.0) -> ResNet:
     """ResNet-101 (bottlenecks 3-4-23-3); torchvision layout at the default settings."""
     return _imagenet("resnet101", num_classes, in_chans, norm, act, dropout, init, input_size, small_input,
-                     zero_init_residual)
+                     zero_init_residual, drop_path)
 
 
 @register_model(family="resnet")
 def resnet152(num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: str = "relu",
               dropout: float = 0.0, init: str = "kaiming", input_size: int = 224,
-              small_input: bool | None = None, zero_init_residual: bool = False) -> ResNet:
+              small_input: bool | None = None, zero_init_residual: bool = False,
+             drop_path: float = 0.0) -> ResNet:
     """ResNet-152 (bottlenecks 3-8-36-3); torchvision layout at the default settings."""
     return _imagenet("resnet152", num_classes, in_chans, norm, act, dropout, init, input_size, small_input,
-                     zero_init_residual)
+                     zero_init_residual, drop_path)

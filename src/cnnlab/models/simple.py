@@ -9,8 +9,10 @@ Spec grammar (tokens joined by ``-``):
 * ``ap``       average pool 2x2, stride 2
 * ``fc128``    a hidden FC layer of 128 units in the head (after every conv token)
 
-The head is always global average pool -> [hidden FC -> act -> dropout]* -> FC, so the
-model works for any input size. ``depth=D`` builds a plain stack of D identical convs
+The head is global average pool -> [hidden FC -> act -> dropout]* -> FC by default, so the
+model works for any input size; ``head="flatten"`` flattens the last feature map into the
+first FC instead (the typical script's head: it keeps where each feature was, but fixes the
+input size to ``input_size``). ``depth=D`` builds a plain stack of D identical convs
 instead (``width`` channels, ``kernel_size`` kernels): the net used for the init
 diagnostics, and for the "three 3x3 convs vs one 7x7" experiment.
 """
@@ -26,7 +28,9 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import ClassifierModel, check_common
 from cnnlab.models.init import init_weights
-from cnnlab.models.layers import ClassifierHead, ConvNormAct, check_dropout, get_act_layer, get_norm_layer
+from cnnlab.models.layers import (
+    ClassifierHead, ConvNormAct, check_dropout, check_head, get_act_layer, get_norm_layer, same_conv_size,
+)
 from cnnlab.models.registry import register_model
 
 DEFAULT_SPEC = "c32-c32-p-c64-c64-p-fc128"
@@ -94,20 +98,23 @@ class SimpleNet(ClassifierModel):
         norm: norm name (see :mod:`cnnlab.models.layers`).
         act: activation name.
         dropout: dropout before each FC of the head.
+        head: ``gap`` or ``flatten`` (see :class:`~cnnlab.models.layers.ClassifierHead`).
+        input_size: image side (px) the flatten head is sized for; unused by ``gap``.
     """
 
     head_prefixes = ("head",)
 
     def __init__(
         self, spec: str, num_classes: int = 10, in_chans: int = 3, norm: str = "batch",
-        act: str = "relu", dropout: float = 0.0,
+        act: str = "relu", dropout: float = 0.0, head: str = "gap", input_size: int = 32,
     ) -> None:
         super().__init__()
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         layers, hidden = parse_spec(spec)
         modules: OrderedDict[str, nn.Module] = OrderedDict()
-        width, n_conv, n_pool = in_chans, 0, 0
+        width, n_conv, n_pool, side = in_chans, 0, 0, int(input_size)
         for kind, out, k, s in layers:
+            side = same_conv_size(side, s)  # 'same' convs and ceil-mode pools: ceil(side / stride)
             if kind == "conv":
                 n_conv += 1
                 modules[f"conv{n_conv}"] = ConvNormAct(width, out, k, s, norm_layer, act_layer)
@@ -120,7 +127,7 @@ class SimpleNet(ClassifierModel):
                 modules[f"pool{n_pool}"] = pool
         self.features = nn.Sequential(modules)
         self.num_features = width
-        self.head = ClassifierHead(width, num_classes, tuple(hidden), dropout, act_layer)
+        self.head = ClassifierHead(width, num_classes, tuple(hidden), dropout, act_layer, head, side)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -149,6 +156,7 @@ def simple(
     dropout: float = 0.25,
     init: str = "kaiming",
     input_size: int = 32,
+    head: str = "gap",
 ) -> SimpleNet:
     """Conv stack from a spec string (default c32-c32-p-c64-c64-p-fc128) or depth x width.
 
@@ -163,13 +171,17 @@ def simple(
         act: activation name.
         dropout: dropout before each FC of the head (inverted dropout).
         init: weight init name (see :mod:`cnnlab.models.init`).
-        input_size: image side in pixels; any size works (pools use ceil mode), so this
-            only records what the model was built for.
+        input_size: image side in pixels; with the default ``gap`` head any size works
+            (pools use ceil mode), so this only records what the model was built for; a
+            ``flatten`` head is sized for it.
+        head: ``gap`` (global average pool) or ``flatten`` (the last feature map flattened
+            into the first FC; fixed input size).
     """
     check_common(num_classes, in_chans, input_size)
     check_dropout(dropout)
     if depth is not None and spec is not None:
         raise CnnlabError("give either spec or depth (a plain stack of depth convs), not both")
     spec = stack_spec(depth, width, kernel_size) if depth is not None else (spec or DEFAULT_SPEC)
-    model = SimpleNet(spec, num_classes, in_chans, norm, act, dropout)
+    check_head(head)
+    model = SimpleNet(spec, num_classes, in_chans, norm, act, dropout, head, input_size)
     return init_weights(model, init, act)

@@ -21,7 +21,14 @@ rule here reads *levels* of a strongly smoothed curve instead:
 4. suggest the LR where the smoothed loss has fallen half-way down the valley (the last
    crossing of that level before the minimum), kept between ``min_lr / 30`` and
    ``min_lr / 3`` (the lecture's "an order of magnitude below the minimum" as a
-   cross-check).
+   cross-check);
+5. keep it inside the swept range and never below the LR where the loss started to
+   descend (the clamp of 4 could otherwise put it below the sweep's own start).
+
+When the curve cannot decide (no clear descent, too few finite points), a caller that
+gives ``fallback_lr`` (the recipe gives the configuration's own peak lr, known to train)
+gets that instead, and the rule says so; without it a flat curve falls back on
+``min_lr / 10`` (kept in the swept range) and too few points raise.
 """
 
 from __future__ import annotations
@@ -77,8 +84,13 @@ VALLEY_LEVEL = 0.5
 CLAMP_LOW, CLAMP_HIGH = 30.0, 3.0
 # A drop of less than 5 % of the loss is no valley: the loss never clearly decreased.
 MIN_DROP = 0.05
-# Without a valley the fallback is fastai's "minimum / 10".
+# Without a valley (and without a fallback lr from the caller) the fallback is fastai's "minimum / 10".
 FALLBACK_DIVISOR = 10.0
+# The descent starts at the last step, before the minimum, where the smoothed loss is still
+# within 10 % of the valley's drop of its plateau: the suggestion never goes below that LR.
+DESCENT_START = 0.1
+# The rule of a fallback to the caller's lr starts with this, so the report and plot can tell.
+NO_DESCENT = "no clear descent"
 # The plot's loss axis spans at least 10% of the loss level (twice MIN_DROP, the smallest
 # drop that counts as a descent): a flat sweep then looks flat, not like a zoomed-in cliff.
 MIN_PLOT_SPAN = 2 * MIN_DROP
@@ -146,20 +158,32 @@ class CurveAnalysis:
     min_lr: float  # where the smoothed loss is lowest
 
 
-def analyse_curve(lrs: np.ndarray, losses: np.ndarray) -> CurveAnalysis:
+def analyse_curve(lrs: np.ndarray, losses: np.ndarray, *, fallback_lr: float | None = None) -> CurveAnalysis:
     """Smooth a range-test curve and suggest a learning rate (see the module docstring).
 
     Args:
         lrs: increasing learning rates, one per step.
         losses: the loss of each step (finite; a sweep stops at the first NaN/inf).
+        fallback_lr: the learning rate to suggest when the curve cannot decide (no clear
+            descent, too few or non-finite points); None: ``min_lr / 10``, and too few
+            points raise.
 
     Raises:
-        CnnlabError: fewer than ``MIN_SKIP + 2`` steps, or mismatched lengths.
+        CnnlabError: mismatched lengths; without ``fallback_lr``, also fewer than
+            ``MIN_SKIP + 2`` steps or a non-finite loss.
     """
     lrs = np.asarray(lrs, dtype=np.float64)
     losses = np.asarray(losses, dtype=np.float64)
     if lrs.shape != losses.shape:
         raise CnnlabError(f"lr-find: {len(lrs)} learning rates but {len(losses)} losses")
+    if fallback_lr is not None and not (math.isfinite(fallback_lr) and fallback_lr > 0):
+        raise CnnlabError(f"lr-find: the fallback learning rate must be positive, got {fallback_lr}")
+    if (len(losses) < MIN_SKIP + 2 or not np.all(np.isfinite(losses))) and fallback_lr is not None:
+        rule = (f"{NO_DESCENT}: {len(losses)} step(s) recorded, too few finite losses to read a curve; "
+                f"fallback: the configuration's own peak lr {fallback_lr:.3g}")  # fmt: skip
+        finite = losses[np.isfinite(losses)]
+        min_lr = float(lrs[np.isfinite(losses)][np.argmin(finite)]) if finite.size else float(fallback_lr)
+        return CurveAnalysis(np.full(len(losses), np.nan), float(fallback_lr), rule, min_lr)
     if len(losses) < MIN_SKIP + 2 or not np.all(np.isfinite(losses)):
         raise CnnlabError(
             f"lr-find recorded {len(losses)} finite loss(es), too few to suggest a learning rate; "
@@ -177,19 +201,34 @@ def analyse_curve(lrs: np.ndarray, losses: np.ndarray) -> CurveAnalysis:
     top = sustained_max(med[: i_min + 1], max(PLATEAU_MIN_STEPS, int(round(PLATEAU_FRACTION * len(losses)))))
     drop = top - float(s[i_min])
     if i_min == 0 or drop < MIN_DROP * abs(top):
-        rule = (f"no clear descent (the smoothed loss fell less than {MIN_DROP:.0%}): "
-                f"fallback min_lr/{FALLBACK_DIVISOR:g}")  # fmt: skip
-        return CurveAnalysis(smoothed, min_lr / FALLBACK_DIVISOR, rule, min_lr)
+        if fallback_lr is not None:
+            rule = (f"{NO_DESCENT} (the smoothed loss fell less than {MIN_DROP:.0%}): "
+                    f"fallback: the configuration's own peak lr {fallback_lr:.3g}")  # fmt: skip
+            return CurveAnalysis(smoothed, float(fallback_lr), rule, min_lr)
+        rule = (f"{NO_DESCENT} (the smoothed loss fell less than {MIN_DROP:.0%}): "
+                f"fallback min_lr/{FALLBACK_DIVISOR:g}, kept in the swept range")  # fmt: skip
+        return CurveAnalysis(smoothed, float(np.clip(min_lr / FALLBACK_DIVISOR, lrs[0], lrs[-1])), rule, min_lr)
     level = float(s[i_min]) + VALLEY_LEVEL * drop
     raw = _last_crossing(x, s, level, i_min)
     lo, hi = min_lr / CLAMP_LOW, min_lr / CLAMP_HIGH
     suggestion = float(np.clip(raw, lo, hi))
+    # Never below where the descent began, nor outside what was swept (a clamp at min_lr/30
+    # near the sweep's start would otherwise suggest an lr that was never tried).
+    floor = max(descent_start(x, s, top, drop, i_min), float(lrs[0]))
+    suggestion = float(np.clip(suggestion, floor, float(lrs[-1])))
     rule = (f"valley: where the smoothed loss (median of {MEDIAN_WINDOW}, forward-backward EMA {SMOOTH_BETA:g}, "
             f"first {skip} steps ignored) has fallen {VALLEY_LEVEL:.0%} of the way from its peak to its minimum, "
-            f"kept within [min_lr/{CLAMP_LOW:g}, min_lr/{CLAMP_HIGH:g}]")  # fmt: skip
+            f"kept within [min_lr/{CLAMP_LOW:g}, min_lr/{CLAMP_HIGH:g}], not below the descent's start {floor:.3g}")  # fmt: skip
     if suggestion != raw:
         rule += f" (clamped from {raw:.3g})"
     return CurveAnalysis(smoothed, suggestion, rule, min_lr)
+
+
+def descent_start(x: np.ndarray, s: np.ndarray, top: float, drop: float, i_min: int) -> float:
+    """The LR where the smoothed loss ``s`` leaves its plateau: the last step before ``i_min``
+    still within ``DESCENT_START`` of the drop from ``top``; ``x[0]`` when the curve starts descending."""
+    near_top = np.nonzero(s[:i_min] >= top - DESCENT_START * drop)[0]
+    return float(x[int(near_top[-1])]) if len(near_top) else float(x[0])
 
 
 def clip_tail(losses: np.ndarray) -> np.ndarray:
@@ -224,7 +263,9 @@ def _last_crossing(x: np.ndarray, s: np.ndarray, level: float, i_min: int) -> fl
     return math.exp(math.log(x[j]) + frac * (math.log(x[j + 1]) - math.log(x[j])))
 
 
-def suggest_lr(lrs: np.ndarray | list[float], losses: np.ndarray | list[float]) -> tuple[float, str]:
+def suggest_lr(
+    lrs: np.ndarray | list[float], losses: np.ndarray | list[float], *, fallback_lr: float | None = None
+) -> tuple[float, str]:
     """The suggested learning rate of a range-test curve and the rule that chose it.
 
     A pure function of the curve (the same curve always gives the same answer).
@@ -232,11 +273,12 @@ def suggest_lr(lrs: np.ndarray | list[float], losses: np.ndarray | list[float]) 
     Args:
         lrs: increasing learning rates, one per step.
         losses: the raw loss of each step.
+        fallback_lr: what to suggest when the curve cannot decide (see :func:`analyse_curve`).
 
     Returns:
         ``(lr, rule)``; ``rule`` names the rule in words.
     """
-    result = analyse_curve(np.asarray(lrs), np.asarray(losses))
+    result = analyse_curve(np.asarray(lrs), np.asarray(losses), fallback_lr=fallback_lr)
     return result.suggestion, result.rule
 
 
@@ -337,9 +379,10 @@ class LRFindResult:
             ax.plot([self.suggestion], [at], "o", color="C3", ms=8, zorder=5)
             ax.annotate(f"suggested lr {self.suggestion:.2g}", (self.suggestion, at), xytext=(8, 8),
                         textcoords="offset points", color="C3", fontsize=9)  # fmt: skip
-        if self.rule.startswith("no clear descent"):
-            ax.text(0.5, 0.92, f"no clear descent: the loss fell less than {MIN_DROP:.0%};\n"
-                    f"the suggestion is the fallback (minimum / {FALLBACK_DIVISOR:g})", transform=ax.transAxes,
+        if self.rule.startswith(NO_DESCENT):
+            fallback = self.rule.split("fallback", 1)[-1].lstrip(": ")
+            ax.text(0.5, 0.92, f"{NO_DESCENT}: the curve cannot decide;\n"
+                    f"the suggestion is the fallback ({fallback})", transform=ax.transAxes,
                     ha="center", va="top", fontsize=9, color="C3",
                     bbox={"facecolor": "white", "edgecolor": "C3", "alpha": 0.9})  # fmt: skip
         ax.set_xlabel("learning rate")
@@ -373,6 +416,7 @@ def lr_find(
     model: torch.nn.Module | None = None,
     runtime: Runtime | None = None,
     out_dir: str | Path | None = None,
+    fallback_lr: float | None = None,
 ) -> LRFindResult:
     """Run a learning-rate range test with the configured model, optimizer and augmentation.
 
@@ -390,6 +434,8 @@ def lr_find(
             gradients, modes and device are restored afterwards.
         runtime: device and precision (default: resolved from ``cfg.train``).
         out_dir: when given, write ``lr_find.json`` and ``lr_find.png`` there.
+        fallback_lr: the suggestion when the curve cannot decide (the recipe gives
+            ``cfg.optim.lr``); None: ``min_lr / 10``, and too few points raise.
 
     Returns:
         The curve and the suggested learning rate (the same for the same seed).
@@ -416,7 +462,7 @@ def lr_find(
                 _restore(model, saved)
     finally:
         ckpt.set_rng_state(rng)
-    analysis = analyse_curve(np.array(lrs), np.array(losses))
+    analysis = analyse_curve(np.array(lrs), np.array(losses), fallback_lr=fallback_lr)
     result = LRFindResult(
         lrs=lrs, losses=losses, smoothed=[None if math.isnan(v) else float(v) for v in analysis.smoothed],
         suggestion=analysis.suggestion, rule=analysis.rule, min_lr=analysis.min_lr,

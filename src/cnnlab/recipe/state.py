@@ -28,7 +28,8 @@ class RecipeOptions:
         coarse_trials, refine_trials: trial caps per stage (None: as many as the time allows).
         coarse_epochs, refine_epochs: epochs per trial in each stage.
         search_subset: training images per search trial (a stratified subset; None: all).
-        final_epochs: epochs of the final training (None: what the budget allows, 3-30).
+        final_epochs: epochs of the final training (None: the whole epochs the budget left
+            allows at the final model's measured speed, at most 30).
         max_rounds: refine/diagnose rounds at most.
         sampler, pruner, workers, storage: passed to the searches (see ``cnnlab search``);
             ``storage`` is written to recipe.json with its password masked, so a resume

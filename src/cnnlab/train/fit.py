@@ -38,6 +38,7 @@ from cnnlab.train.ema import EMA
 from cnnlab.train.interrupt import StopFlag
 from cnnlab.train.loaders import eval_loader, train_loader
 from cnnlab.train.loop import BatchSource, EpochState, NonFiniteLoss, TrainStep, evaluate, train_one_epoch
+from cnnlab.train.mix import Mix
 from cnnlab.train.optim import build_optimizer
 from cnnlab.train.progress import EpochProgress, PassProgress, epoch_line, format_duration
 from cnnlab.train.runtime import Runtime, all_reduce_sum, barrier, broadcast_flag, deterministic, prepare, resolve_runtime
@@ -167,7 +168,8 @@ class Trainer:
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.warmup = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
         self.step = TrainStep(self.optimizer, build_loss(tc, splits, runtime.device), self.lr_at, runtime,
-                              grad_clip=tc.grad_clip, ema=self.ema, ema_target=model)  # fmt: skip
+                              grad_clip=tc.grad_clip, ema=self.ema, ema_target=model,
+                              mix=Mix(tc.mixup, tc.cutmix, tc.mix_prob, tc.seed))  # fmt: skip
         self.history, self.epoch, self.epoch_state = History(), 0, EpochState()
         self.early_stopping = EarlyStopping(tc.early_stopping)
         self.user_callback = on_epoch_end

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.train.mix import Mix, mixed_loss
 from cnnlab.train.optim import set_lr
 from cnnlab.train.progress import EpochProgress, PassProgress
 from cnnlab.train.runtime import Runtime, all_reduce_sum
@@ -79,6 +80,10 @@ class TrainStep:
     sync_every: int = 20
     step: int = 0  # global optimisation step (drives the schedule)
     stop: Callable[[], bool] = field(default=lambda: False)  # polled after every step
+    mix: Mix | None = None  # mixup / CutMix of each batch, drawn from (seed, step)
+    # The labels the last step's accuracy counts against: the batch's own, or under mixing
+    # each sample's dominant label (see cnnlab.train.mix.mixed_loss).
+    labels: torch.Tensor | None = field(default=None, repr=False)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on the batch ``(x, y)`` at the schedule's learning rate.
@@ -88,9 +93,15 @@ class TrainStep:
             device: nothing here waits for the device (the caller decides when to sync).
         """
         set_lr(self.optimizer, self.lr_at(self.step))
+        draw = self.mix.draw(self.step, x.shape[0], x.shape[-2], x.shape[-1]) if self.mix is not None else None
+        if draw is not None:
+            x = self.mix.apply(x, draw)
         with self.runtime.autocast():
             logits = model(x)
-            loss = self.loss_fn(logits.float(), y)
+            if draw is None:
+                loss, self.labels = self.loss_fn(logits.float(), y), y
+            else:
+                loss, self.labels = mixed_loss(self.loss_fn, logits.float(), y, draw)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -144,7 +155,7 @@ def train_one_epoch(
         loss, logits = ts(model, x, y)
         n = y.shape[0]
         loss_sum += loss.double() * n
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == ts.labels).sum()  # the dominant labels under mixup / CutMix
         count += n
         state.batch += 1
         since_sync += 1

@@ -3,31 +3,48 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnlab import checkpoint as ckpt
 from cnnlab.checkpoint import load_checkpoint
-from cnnlab.config import load_run_config
+from cnnlab.config import RunConfig, dump_yaml, load_run_config
+from cnnlab.data.imageset import Splits
+from cnnlab.io import atomic_write_text
 from cnnlab.recipe.diagnose import Diagnosis, diagnose_run
 from cnnlab.recipe.html import esc, h2, img, plural
+from cnnlab.recipe.planner import Plan, plan_budget
 from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
 from cnnlab.recipe.steps.chosen import BEST_YAML
 from cnnlab.recipe.steps.diagnose import diagnosis_block
-from cnnlab.recipe.steps.stage import stages
 from cnnlab.report.plots import confusion_plot
 from cnnlab.runfolder import RunFolder
+from cnnlab.train.fit import build_loss
+from cnnlab.train.loaders import train_loader
+from cnnlab.train.loop import TrainStep
 from cnnlab.train.metrics import classification_metrics
-from cnnlab.run import run_training
+from cnnlab.train.optim import build_optimizer
+from cnnlab.train.runtime import prepare, resolve_runtime
+from cnnlab.run import build_model, resume_config, run_training
+
+log = logging.getLogger(__name__)
 
 FOLDER = "final"
-# Without a time budget, or without a measured speed, the final training runs this many
-# epochs at least and at most (a budget sets it from the trials' speed within these bounds).
-MIN_EPOCHS, MAX_EPOCHS, NO_SPEED_EPOCHS = 3, 30, 10
+# A budget's final training runs at most this many epochs (beyond it the time is better
+# spent elsewhere than on a longer schedule of the same model).
+MAX_EPOCHS = 30
 # Evaluating an image is ~3x faster than training on it (no backward pass); epochs cost
 # another ~5% in overheads (logging, checkpoints).
 EVAL_SPEEDUP, EPOCH_OVERHEAD = 3.0, 1.05
+# Training steps timed on the final model before planning; the median of the second half is
+# the step time. The first steps are warm-up: measured on 2 CPU cores, a small CNN's first 3
+# steps took 10-40x its steady step (kernel choices, allocations), so they are never used.
+TIMED_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,7 @@ class FinalResult:
     epochs: int
     summary: dict[str, Any]  # the run folder's summary.json
     diagnosis: Diagnosis
+    plan: Plan | None = None  # the budget plan that set the epochs (None: no budget, or --final-epochs)
 
 
 class FinalStep(OnceStep):
@@ -48,24 +66,35 @@ class FinalStep(OnceStep):
     title = "Final model"
 
     def run(self, ctx: RecipeContext, key: str) -> FinalResult:
-        cfg = load_run_config(ctx.out / BEST_YAML)
-        epochs = ctx.options.final_epochs or _final_epochs(ctx)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
         run = RunFolder(ctx.out / FOLDER)
-        ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split -> {run.path}")
         if run.exists():  # started before (a checkpoint, or only its config): a new run may not reuse the folder
+            epochs = resume_config(run.path).train.epochs
+            ctx.say(f"final: resuming {plural(epochs, 'epoch')} on the whole training split -> {run.path}")
             summary = run_training(resume=run.path, verbose=ctx.verbose)
-        else:
-            summary = run_training(cfg, run.path, verbose=ctx.verbose)
-        return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path))
+            return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path))
+        cfg = load_run_config(ctx.out / BEST_YAML)
+        plan = None if ctx.options.final_epochs or ctx.options.budget_seconds is None else _plan(ctx, cfg)
+        epochs = ctx.options.final_epochs or (plan.final_epochs if plan else ctx.cfg.train.epochs)
+        if plan is not None and epochs == 0:  # not one epoch fits: the least that gives a model, said aloud
+            epochs = 1
+            log.warning("the final model needs %.0f s for one epoch, more than the budget has left; "
+                        "it trains 1 epoch and overruns the budget", plan.final_epoch_seconds)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+        # best.yaml reproduces the final run: the epochs it trains, not the base config's.
+        atomic_write_text(ctx.out / BEST_YAML, dump_yaml(cfg))
+        ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split -> {run.path}")
+        summary = run_training(cfg, run.path, verbose=ctx.verbose)
+        return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path), plan)
 
     def to_dict(self, result: FinalResult) -> dict[str, Any]:
         return {"test_acc": result.test_acc, "best_val_acc": result.best_val_acc, "epochs": result.epochs,
-                "summary": result.summary, "diagnosis": result.diagnosis.as_dict()}  # fmt: skip
+                "summary": result.summary, "diagnosis": result.diagnosis.as_dict(),
+                "plan": result.plan.as_dict() if result.plan else None}  # fmt: skip
 
     def from_dict(self, data: Mapping[str, Any]) -> FinalResult:
+        plan = Plan.from_dict(data["plan"]) if data.get("plan") else None  # recipes before the planner have none
         return FinalResult(data.get("test_acc"), data.get("best_val_acc"), int(data["epochs"]),
-                           dict(data.get("summary") or {}), Diagnosis.from_dict(data.get("diagnosis") or {}))  # fmt: skip
+                           dict(data.get("summary") or {}), Diagnosis.from_dict(data.get("diagnosis") or {}), plan)  # fmt: skip
 
     def evidence(self, result: FinalResult) -> str:
         return f"test accuracy {result.test_acc or 0:.2%} after {plural(result.epochs, 'epoch')}"
@@ -76,6 +105,9 @@ class FinalStep(OnceStep):
         parts = [h2(self.title),
                  f"<p>Test accuracy <b>{final.test_acc or 0:.2%}</b> (best validation {final.best_val_acc or 0:.2%}) "
                  f"after {plural(final.epochs, 'epoch')}; run folder <code>{esc(run.path)}</code>.</p>"]  # fmt: skip
+        if final.plan is not None:
+            parts.append("<p>The budget plan (from the final model's measured speed):</p><ul>"
+                         + "".join(f"<li>{esc(r)}</li>" for r in final.plan.reasons) + "</ul>")  # fmt: skip
         if final.diagnosis.epochs:
             parts.append(diagnosis_block("diagnosis", final.diagnosis))
         confusion, missing = _confusion(run, report.figs / "confusion.png")
@@ -85,23 +117,45 @@ class FinalStep(OnceStep):
         return "".join(parts)
 
 
-def _final_epochs(ctx: RecipeContext) -> int:
-    """As many epochs as the budget left allows, from the trials' measured training speed."""
-    if ctx.options.budget_seconds is None:
-        return ctx.cfg.train.epochs
-    speeds = [v for stage in stages(ctx.records) for t in stage.complete if t.run_dir and (v := _images_per_s(t.run_dir))]
-    if not speeds:
-        return max(MIN_EPOCHS, min(ctx.cfg.train.epochs, NO_SPEED_EPOCHS))
-    speed = sorted(speeds)[len(speeds) // 2]
-    splits = ctx.splits()
-    seconds = (len(splits.train) / speed + len(splits.val) / (EVAL_SPEEDUP * speed)) * EPOCH_OVERHEAD
-    return int(min(max(ctx.clock.left() // seconds, MIN_EPOCHS), MAX_EPOCHS))
+def _plan(ctx: RecipeContext, cfg: RunConfig) -> Plan:
+    """The final run's plan: all the time left, in whole epochs of its measured speed."""
+    splits = ctx.splits()  # the final run's data: best.yaml keeps the base config's data and subset
+    epoch_seconds, fixed_seconds = measure_epoch_seconds(cfg, splits)
+    plan = plan_budget(ctx.options.budget_seconds or 0.0, ctx.clock.spent(), epoch_seconds, search_done=True,
+                       fixed_seconds=fixed_seconds, max_epochs=MAX_EPOCHS)  # fmt: skip
+    for reason in plan.reasons:
+        ctx.say(f"plan: {reason}")
+    return plan
 
 
-def _images_per_s(run_dir: str) -> float | None:
-    """A finished trial's training speed, from its run folder's summary."""
-    value = (RunFolder(run_dir).read_summary() or {}).get("images_per_s")
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+def measure_epoch_seconds(cfg: RunConfig, splits: Splits, steps: int = TIMED_STEPS) -> tuple[float, float]:
+    """Seconds per epoch of ``cfg`` on ``splits``, and the one-off seconds of its test evaluation.
+
+    A few of training's own steps (:class:`TrainStep` with the run's model, device,
+    optimizer, loss and loader) are timed, scaled to the epoch's batches, and the epoch's
+    evaluations (validation and training accuracy, ``EVAL_SPEEDUP`` times faster per
+    image) added. The global RNGs are restored, so the run that follows is unchanged.
+    """
+    runtime = resolve_runtime(cfg.train)
+    rng = ckpt.rng_state()  # building the model and the loader's augmentation draw from the global RNGs
+    try:
+        loader = train_loader(splits, cfg, runtime)
+        model = prepare(build_model(cfg, splits), runtime).train()
+        step = TrainStep(build_optimizer(model, cfg.optim), build_loss(cfg.train, splits, runtime.device),
+                         lambda _: cfg.optim.lr, runtime, grad_clip=cfg.train.grad_clip)  # fmt: skip
+        batches = iter(loader)
+        times = []
+        for _ in range(min(steps, len(loader))):
+            start = time.perf_counter()  # the batch's loading and augmentation are part of the step
+            x, y = next(batches)
+            step(model, x, y)[0].item()  # waits for the device, so the step is timed whole
+            times.append(time.perf_counter() - start)
+    finally:
+        ckpt.set_rng_state(rng)
+    per_image = statistics.median(times[len(times) // 2 :]) / cfg.train.batch_size  # seconds per training image
+    evaluated = len(splits.val) + len(splits.train)
+    epoch = (per_image * len(loader) * cfg.train.batch_size + per_image / EVAL_SPEEDUP * evaluated) * EPOCH_OVERHEAD
+    return epoch, per_image / EVAL_SPEEDUP * len(splits.test)
 
 
 def _confusion(run: RunFolder, path: Path) -> tuple[Path | None, str | None]:

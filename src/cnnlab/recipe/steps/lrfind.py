@@ -20,7 +20,9 @@ class LrFindStep(OnceStep):
     title = "3. Learning-rate finder"
 
     def run(self, ctx: RecipeContext, key: str) -> LRFindResult:
-        result = lr_find(ctx.cfg, splits=ctx.splits(), out_dir=ctx.out / FOLDER)
+        # When the curve cannot decide, the configuration's own peak lr (config.py's default
+        # for a new user) is known to train; the coarse search spans a decade either side of it.
+        result = lr_find(ctx.cfg, splits=ctx.splits(), out_dir=ctx.out / FOLDER, fallback_lr=ctx.cfg.optim.lr)
         ctx.say(f"lr-find: suggested lr {result.suggestion:.3g} ({result.rule})")
         return result
 

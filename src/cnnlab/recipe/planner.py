@@ -1,0 +1,149 @@
+"""The budget planner: how much of a recipe's time goes to the search and how many epochs the final model gets.
+
+A pure function of measurements, :func:`plan_budget`, so every decision can be tested on
+constructed inputs and read back in the report. The inputs are measured, never assumed
+from one dataset:
+
+- the budget and the time already spent (seconds);
+- the seconds one epoch of the *final* configuration takes on the *full* training split
+  (timed on a few real steps of that model: the search trials' speed on a subset says
+  little about a larger model on all the data);
+- the seconds one epoch of a search trial takes (from the trials, or a timed step).
+
+The rules:
+
+1. the plan never spends more than the budget left: the ``+5 %`` of the budget contract is
+   a margin for the estimate's error, never planned into;
+2. when fewer than ``min_trials`` coarse trials fit in the search's share, a search cannot
+   choose between anything, so it is skipped and the final model gets all the time left
+   (it then trains the best prior configuration);
+3. the final model gets the whole epochs its measured speed allows in its share (and at
+   most ``max_epochs``); when not one epoch fits, the plan says so with ``final_epochs = 0``
+   instead of planning an overrun.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+# Share of the time left that the final model keeps while a search is still to run: half,
+# so the final model trains at least as long as the whole search (steps/search.py keeps
+# the same half, of the whole budget, while it searches).
+FINAL_SHARE = 0.5
+# A coarse stage needs at least this many trials to compare anything: with fewer, the
+# search's pick is noise (the issue's 5-minute run fitted one trial, at 29 % accuracy).
+MIN_TRIALS = 4
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the time left is split, and why.
+
+    Attributes:
+        budget_seconds: the whole budget.
+        elapsed_seconds: spent before the plan was made.
+        search_seconds: what the search may still use (0 when skipped or already done).
+        final_epochs: epochs of the final training (0: not one epoch fits in the time left).
+        final_seconds: what those epochs are expected to take, fixed costs included.
+        final_epoch_seconds: the measured seconds per final epoch the plan used.
+        fixed_seconds: the final run's one-off seconds the plan counted (test evaluation).
+        skip_search: the search is skipped; the final model trains the best prior configuration.
+        reasons: one line per decision, for the report.
+    """
+
+    budget_seconds: float
+    elapsed_seconds: float
+    search_seconds: float
+    final_epochs: int
+    final_seconds: float
+    final_epoch_seconds: float
+    fixed_seconds: float
+    skip_search: bool
+    reasons: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (``reasons`` as a list)."""
+        return {**self.__dict__, "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The inverse of :meth:`as_dict`."""
+        return cls(**{**data, "reasons": tuple(data["reasons"])})
+
+
+def plan_budget(
+    budget_seconds: float,
+    elapsed_seconds: float,
+    final_epoch_seconds: float,
+    trial_epoch_seconds: float | None = None,
+    *,
+    trial_epochs: int = 2,
+    search_done: bool = False,
+    fixed_seconds: float = 0.0,
+    min_trials: int = MIN_TRIALS,
+    max_epochs: int | None = None,
+) -> Plan:
+    """Split the time left between the search and the final model (see the module docstring).
+
+    Args:
+        budget_seconds: the recipe's whole budget, in seconds.
+        elapsed_seconds: seconds already spent (all sessions together).
+        final_epoch_seconds: measured seconds per epoch of the final configuration on the
+            full training split (training plus the epoch's validation).
+        trial_epoch_seconds: measured seconds per epoch of a search trial; needed unless
+            ``search_done``.
+        trial_epochs: epochs per coarse trial.
+        search_done: the search already ran: everything left goes to the final model.
+        fixed_seconds: one-off costs of the final run, not per epoch (the test evaluation,
+            building the model), in seconds.
+        min_trials: fewer coarse trials than this in the search's share skip the search.
+        max_epochs: at most this many final epochs (None: no cap).
+
+    Returns:
+        The :class:`Plan`.
+
+    Raises:
+        CnnlabError: a non-positive or non-finite measurement, or no trial speed for a
+            search still to run.
+    """
+    for name, value in (("budget", budget_seconds), ("seconds per final epoch", final_epoch_seconds)):
+        if not (math.isfinite(value) and value > 0):
+            raise CnnlabError(f"the budget planner needs a positive {name}, got {value}")
+    if not (math.isfinite(elapsed_seconds) and elapsed_seconds >= 0 and fixed_seconds >= 0):
+        raise CnnlabError(f"the budget planner needs elapsed and fixed seconds >= 0, got {elapsed_seconds}, {fixed_seconds}")
+    left = max(budget_seconds - elapsed_seconds, 0.0)
+    reasons = [f"{left:.0f} s of the {budget_seconds:.0f} s budget left after {elapsed_seconds:.0f} s spent"]
+    search_seconds, skip = 0.0, False
+    if not search_done:
+        if trial_epoch_seconds is None or not (math.isfinite(trial_epoch_seconds) and trial_epoch_seconds > 0):
+            raise CnnlabError(f"the budget planner needs the measured seconds per trial epoch, got {trial_epoch_seconds}")
+        share = (1 - FINAL_SHARE) * left
+        trial_seconds = trial_epochs * trial_epoch_seconds
+        fit = int(share // trial_seconds)
+        if fit < min_trials:
+            skip = True
+            reasons.append(f"search skipped: its share ({share:.0f} s) fits {fit} coarse trial(s) of {trial_seconds:.0f} s, "
+                           f"fewer than the {min_trials} needed to compare; the final model gets all the time left")  # fmt: skip
+        else:
+            search_seconds = share
+            reasons.append(f"search: {share:.0f} s ({1 - FINAL_SHARE:.0%} of the time left), about {fit} coarse trials "
+                           f"of {trial_seconds:.0f} s")  # fmt: skip
+    final_share = left - search_seconds
+    affordable = max(final_share - fixed_seconds, 0.0)
+    epochs = int(affordable // final_epoch_seconds)
+    capped = max_epochs is not None and epochs > max_epochs
+    epochs = min(epochs, max_epochs) if max_epochs is not None else epochs
+    final_seconds = epochs * final_epoch_seconds + (fixed_seconds if epochs else 0.0)
+    if epochs == 0:
+        reasons.append(f"final: not one epoch ({final_epoch_seconds:.0f} s measured, + {fixed_seconds:.0f} s fixed) fits "
+                       f"in the {final_share:.0f} s left")  # fmt: skip
+    else:
+        cap = f", capped at {max_epochs}" if capped else ""
+        reasons.append(f"final: {epochs} epoch(s) of {final_epoch_seconds:.1f} s (measured on the final model, full "
+                       f"training split) + {fixed_seconds:.0f} s fixed = {final_seconds:.0f} s of its {final_share:.0f} s{cap}")  # fmt: skip
+    return Plan(float(budget_seconds), float(elapsed_seconds), search_seconds, epochs, final_seconds,
+                float(final_epoch_seconds), float(fixed_seconds), skip, tuple(reasons))  # fmt: skip
