@@ -71,7 +71,10 @@ def snapshot(*roots: Path) -> dict[str, str]:
     for root in roots:
         paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for p in paths:
-            digests[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            try:
+                digests[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            except FileNotFoundError:  # a temporary that a live writer renamed between listing and reading
+                continue
     return digests
 
 
