@@ -195,6 +195,17 @@ class Crop(Op):
         return table.index_select(0, (start[:, None] + rows).view(-1)).view(n, c, h, w)
 
 
+def _check_area_and_ratio(op: Op, example: str) -> None:
+    """The area-fraction and aspect-ratio ranges that random-resized-crop and erase share."""
+    if not 0.0 < op.min_scale <= op.max_scale <= 1.0:
+        op._fail(
+            f"need 0 < min_scale <= max_scale <= 1, got {format_value(op.min_scale)} and "
+            f"{format_value(op.max_scale)} (e.g. '{example}')"
+        )
+    if not 0.0 < op.min_ratio <= op.max_ratio:
+        op._fail(f"need 0 < min_ratio <= max_ratio, got {op.min_ratio} and {op.max_ratio}")
+
+
 @dataclass(frozen=True)
 class ResizedCrop(Op):
     """Random resized crop: a random area fraction and aspect ratio, resized bilinearly.
@@ -218,13 +229,7 @@ class ResizedCrop(Op):
     size: int = _arg(0, "output height and width in px; 0 keeps the input size")
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.min_scale <= self.max_scale <= 1.0:
-            self._fail(
-                f"need 0 < min_scale <= max_scale <= 1, got {format_value(self.min_scale)} and "
-                f"{format_value(self.max_scale)} (e.g. 'rrc:0.35:1')"
-            )
-        if not 0.0 < self.min_ratio <= self.max_ratio:
-            self._fail(f"need 0 < min_ratio <= max_ratio, got {self.min_ratio} and {self.max_ratio}")
+        _check_area_and_ratio(self, "rrc:0.35:1")
         if self.size < 0:
             self._fail(f"size must be >= 0 px (0 keeps the input size), got {self.size}")
 
@@ -466,13 +471,7 @@ class Erase(Op):
 
     def __post_init__(self) -> None:
         self._check_range("p", 0.0, 1.0)
-        if not 0.0 < self.min_scale <= self.max_scale <= 1.0:
-            self._fail(
-                f"need 0 < min_scale <= max_scale <= 1, got {format_value(self.min_scale)} and "
-                f"{format_value(self.max_scale)} (e.g. 'erase:0.5:0.02:0.33')"
-            )
-        if not 0.0 < self.min_ratio <= self.max_ratio:
-            self._fail(f"need 0 < min_ratio <= max_ratio, got {self.min_ratio} and {self.max_ratio}")
+        _check_area_and_ratio(self, "erase:0.5:0.02:0.33")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape

@@ -101,6 +101,25 @@ class PooledLinearHead(ClassifierModel):
         self._record_num_classes(num_classes)
 
 
+class HeadModuleModel(ClassifierModel):
+    """A model whose whole head is one ``self.head`` module
+    (:class:`cnnlab.models.layers.ClassifierHead`: pool or flatten -> hidden FCs -> FC);
+    the head methods of the contract delegate to it.
+    """
+
+    head: nn.Module
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head.reset(num_classes)
+        self._record_num_classes(num_classes)
+
+
 def check_common(num_classes: int, in_chans: int, input_size: int) -> None:
     """Validate the options every model factory shares.
 

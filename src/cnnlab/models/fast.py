@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.base import ClassifierModel, check_common
+from cnnlab.models.base import HeadModuleModel, check_common
 from cnnlab.models.init import init_weights
 from cnnlab.models.layers import (
     ActLayer, ClassifierHead, ConvNormAct, NormLayer, check_dropout, check_head, drop_path_rates, get_act_layer,
@@ -68,7 +68,7 @@ def _stage(in_chans: int, out_chans: int, norm_layer: NormLayer, act_layer: ActL
     return nn.Sequential(*layers)
 
 
-class ResNet9(ClassifierModel):
+class ResNet9(HeadModuleModel):
     """ResNet-9 (see the module docstring).
 
     Args:
@@ -105,16 +105,6 @@ class ResNet9(ClassifierModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer3(self.layer2(self.layer1(self.stem(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head.reset(num_classes)
-        self._record_num_classes(num_classes)
 
 
 @register_model(family="fast")

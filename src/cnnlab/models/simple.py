@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.base import ClassifierModel, check_common
+from cnnlab.models.base import HeadModuleModel, check_common
 from cnnlab.models.init import init_weights
 from cnnlab.models.layers import (
     ClassifierHead, ConvNormAct, check_dropout, check_head, get_act_layer, get_norm_layer, same_conv_size,
@@ -88,7 +88,7 @@ def parse_spec(spec: str) -> tuple[list[tuple[str, int, int, int]], list[int]]:
     return layers, hidden
 
 
-class SimpleNet(ClassifierModel):
+class SimpleNet(HeadModuleModel):
     """A conv stack from a spec string (see the module docstring).
 
     Args:
@@ -131,16 +131,6 @@ class SimpleNet(ClassifierModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head.reset(num_classes)
-        self._record_num_classes(num_classes)
 
 
 @register_model(family="simple")
