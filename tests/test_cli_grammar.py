@@ -139,9 +139,9 @@ def test_train_help_states_the_defaults_the_issue_names() -> None:
     code, out, _ = _run("train", "--help")
     text = " ".join(out.split())
     assert code == 0
-    for flag, value in [("--epochs EPOCHS", "30"), ("--batch-size BATCH_SIZE", "128"), ("--optimizer {sgd,adamw}", "sgd"),
+    for flag, value in [("--epochs EPOCHS", "5"), ("--batch-size BATCH_SIZE", "128"), ("--optimizer {sgd,adamw}", "sgd"),
                         ("--schedule {onecycle,cosine,step,constant}", "onecycle"), ("--wd WEIGHT_DECAY", "0.0005"),
-                        ("--momentum MOMENTUM", "0.9"), ("--seed SEED", "0"), ("--augment SPEC", "none")]:  # fmt: skip
+                        ("--momentum MOMENTUM", "0.9"), ("--seed SEED", "0"), ("--augment SPEC", "flip")]:  # fmt: skip
         after = text.split(flag)[-1][:400]  # [-1]: the option's help, not the usage line
         assert f"(default: {value})" in after, (flag, after)
     assert "(default: fashion-mnist)" in text.split("--data DATA ")[-1][:400]

@@ -384,7 +384,9 @@ def finish_run(
 
     The main process writes ``summary.json`` and, when the test split was evaluated,
     ``predictions-test.npz`` (its logits, or log-probabilities with TTA, and labels in
-    split order), so reports read the test results instead of evaluating again.
+    split order), so reports read the test results instead of evaluating again. With
+    ``train.tta: auto`` the best weights are first validated with and without flip TTA
+    (:func:`choose_tta`), and the test uses TTA only if it helped there.
 
     Args:
         model: the trained model; it is given the weights of ``best.pt`` when there is one.
@@ -405,10 +407,12 @@ def finish_run(
         model.load_state_dict(load_checkpoint(folder.best_pt, map_location=runtime.device)["model"])
     test, test_seconds = None, None
     loader = eval_loader(splits.test, splits, cfg, runtime) if evaluate_test else None
+    tta: dict[str, Any] = {"mode": cfg.train.tta, "used": False}
     if loader is not None:
         model.to(runtime.device)
+        tta = choose_tta(model, splits, cfg, runtime, verbose=verbose)
         with PassProgress("testing", len(loader), enabled=verbose and runtime.is_main) as bar:
-            test = evaluate(model, loader, runtime, tta=cfg.train.tta, keep_outputs=True, progress=bar)
+            test = evaluate(model, loader, runtime, tta=tta["used"], keep_outputs=True, progress=bar)
         test_seconds = bar.seconds
         if not math.isfinite(test.loss):  # the best weights blow up on new images: a divergence, not a result
             record = next((r for r in history.records if r["epoch"] == history.best_epoch), history.records[-1] if history.records else {})
@@ -421,7 +425,7 @@ def finish_run(
         # best_epoch counts from 1, as every printout does (metrics.jsonl's "epoch" counts from 0).
         "epochs_run": len(records), "best_epoch": summary_epoch(history.best_epoch), "best_val_acc": history.best_val_acc,
         "test_acc": test.acc if test else None, "test_loss": test.loss if test else None,
-        "test_top5": test.top5 if test else None, "tta": cfg.train.tta, "test_seconds": test_seconds,
+        "test_top5": test.top5 if test else None, "tta": tta, "test_seconds": test_seconds,
         "stopped": history.stopped, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,
         "images_per_s": float(np.median([r["images_per_s"] for r in records])) if records else None,
         "device": str(runtime.device), "world_size": runtime.world_size, "run_dir": str(run_dir),
@@ -434,6 +438,39 @@ def finish_run(
         if verbose and line:
             print(line, flush=True)
     return summary
+
+
+def choose_tta(model: torch.nn.Module, splits: Splits, cfg: RunConfig, runtime: Runtime, *,
+               verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Whether the test evaluation uses flip TTA, as ``summary.json`` records it under ``"tta"``.
+
+    ``off`` and ``on`` say so themselves. ``auto`` evaluates ``model`` (the best weights) on
+    the validation images the run validated on, without and with flip TTA (the same loader,
+    so the same images), and uses TTA only if it raised the accuracy strictly: flipping helps
+    on mirror-invariant data and hurts where left and right differ (digits, text). Every
+    process takes part; the accuracies are all-reduced counts of correct images (whole
+    numbers, exact in float64 whatever the order of the sum), so every process decides alike.
+
+    Returns:
+        ``{"mode", "used"}``; with ``auto`` also ``"val_acc"`` and ``"val_acc_tta"``, or a
+        ``"reason"`` when there are no validation images to choose on.
+    """
+    mode = cfg.train.tta
+    if mode != "auto":
+        return {"mode": mode, "used": mode == "on"}
+    loader = eval_loader(validation_images(splits, cfg.train), splits, cfg, runtime)
+    if loader is None:
+        if runtime.is_main:
+            log.info("flip TTA: no validation split to choose it on, so not used for the test")
+        return {"mode": mode, "used": False, "reason": "no validation split"}
+    with PassProgress("validating for flip TTA", 2 * len(loader), enabled=verbose and runtime.is_main) as bar:
+        plain = evaluate(model, loader, runtime, progress=bar)
+        flipped = evaluate(model, loader, runtime, tta=True, progress=bar)
+    used = flipped.acc > plain.acc
+    if runtime.is_main:
+        log.info("flip TTA: validation %.2f%% -> %.2f%%, %s", 100 * plain.acc, 100 * flipped.acc,
+                 "used for the test" if used else "not used for the test")  # fmt: skip
+    return {"mode": mode, "used": used, "val_acc": plain.acc, "val_acc_tta": flipped.acc}
 
 
 def summary_epoch(epoch: int | None) -> int | None:
@@ -449,8 +486,15 @@ def result_line(summary: dict[str, Any]) -> str | None:
     """
     if summary.get("test_acc") is None:
         return None
-    return (f"test accuracy {summary['test_acc']:.2%} (loss {summary['test_loss']:.4f}) with the weights of epoch "
+    tta = " (flip TTA)" if tta_used(summary) else ""
+    return (f"test accuracy {summary['test_acc']:.2%}{tta} (loss {summary['test_loss']:.4f}) with the weights of epoch "
             f"{summary.get('best_epoch') or 1}; run folder {summary['run_dir']}")  # fmt: skip
+
+
+def tta_used(summary: Mapping[str, Any]) -> bool:
+    """Whether a run's test evaluation used flip TTA (older summaries hold ``"tta": true/false``)."""
+    tta = summary.get("tta")
+    return bool(tta.get("used")) if isinstance(tta, Mapping) else bool(tta)
 
 
 def _split_outputs(result: EvalResult, runtime: Runtime, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -297,7 +297,7 @@ def test_ctrl_c_in_a_recipe_is_one_line_naming_recipe_resume_and_a_second_recipe
     interrupted = [line for line in stderr.splitlines() if "interrupt" in line.lower()]
     assert interrupted == [f"cnnlab: interrupted; finished steps are saved: continue with `cnnlab recipe --resume {out}`"], stderr
     state = json.loads((out / "recipe.json").read_text())
-    assert state["order"] == ["check", "overfit", "lr_find"], "the steps before the search stay recorded"
+    assert state["order"] == ["check", "overfit", "plan", "lr_find"], "the steps before the search stay recorded"
 
 
 @pytest.mark.slow

@@ -191,7 +191,7 @@ def test_flatten_head_refuses_another_input_size_with_the_fix() -> None:
 
 def test_an_unknown_head_is_refused() -> None:
     with pytest.raises(CnnlabError, match="unknown head"):
-        create_model("simple", head="max")
+        create_model("simple", head="avg")
 
 
 # --- every new option round-trips through a checkpoint ---------------------------------------
@@ -221,3 +221,20 @@ def test_new_options_round_trip_through_a_checkpoint(name: str, options: dict, t
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_max_head_pools_the_largest_activation_at_any_input_size() -> None:
+    model = create_model("resnet9", num_classes=3, in_chans=1, width=4, head="max", input_size=28).eval()
+    assert isinstance(model.head.pool, torch.nn.AdaptiveMaxPool2d)
+    for side in (12, 28, 40):  # no size is baked in, unlike flatten
+        assert model(torch.randn(2, 1, side, side)).shape == (2, 3)
+    feats = model.forward_features(torch.randn(2, 1, 28, 28))
+    assert torch.equal(model.head(feats, pre_logits=True), feats.amax(dim=(2, 3)))
+
+
+def test_resnet9s_is_resnet9_at_width_16_and_the_default_model() -> None:
+    from cnnlab.config import ModelConfig
+
+    small, ref = create_model("resnet9s", in_chans=1, input_size=28), create_model("resnet9", in_chans=1, input_size=28, width=16)
+    assert [p.shape for p in small.parameters()] == [p.shape for p in ref.parameters()]
+    assert ModelConfig().name == "resnet9s"

@@ -50,7 +50,10 @@ def test_recipe_runs_every_step_in_order(recipe_dir: Path) -> None:
     lr = state.steps["lr_find"]["suggestion"]
     lo, hi, _ = coarse["space"]["optim.lr"]
     min_lr = state.steps["lr_find"]["min_lr"]  # the search is centred on the LR finder's pick, up to the loss minimum
-    assert lo == pytest.approx(lr / 10) and hi == pytest.approx(max(lr * 10, 10 * min_lr))
+    base = _cfg().optim  # the range holds the starting configuration's lr too
+    assert lo == pytest.approx(min(lr / 10, base.lr)) and hi == pytest.approx(max(lr * 10, 10 * min_lr, base.lr))
+    first_coarse = min(coarse["trials"], key=lambda t: t["number"])  # the starting configuration is tried first
+    assert first_coarse["params"]["optim.lr"] == base.lr and first_coarse["params"]["optim.weight_decay"] == base.weight_decay
     rlo, rhi, _ = refine["space"]["optim.lr"]
     assert lo <= rlo and rhi <= hi and (rlo, rhi) != (lo, hi)  # refine narrowed the coarse range
     first = min(refine["trials"], key=lambda t: t["number"])
@@ -231,12 +234,13 @@ def test_recipe_killed_in_its_search_resumes(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = RecipeState.load(out)
-    assert state.order == ["check", "overfit", "lr_find"] and not state.finished  # killed inside the coarse search
+    assert state.order == ["check", "overfit", "plan", "lr_find"] and not state.finished  # killed inside the coarse search
     finished = {t.name for t in trials.iterdir() if (t / "summary.json").is_file()}
     assert main(["recipe", "--resume", str(out), "--quiet"]) == 0
     after = RecipeState.load(out)
-    assert after.finished and after.order[:3] == ["check", "overfit", "lr_find"]
-    assert {k: after.steps[k] for k in ("check", "overfit", "lr_find")} == {k: state.steps[k] for k in ("check", "overfit", "lr_find")}
+    assert after.finished and after.order[:4] == ["check", "overfit", "plan", "lr_find"]
+    done = ("check", "overfit", "plan", "lr_find")
+    assert {k: after.steps[k] for k in done} == {k: state.steps[k] for k in done}
     kept = {Path(t["run_dir"]).name for t in after.steps["coarse"]["trials"] if t["state"] == "COMPLETE"}
     assert finished <= kept  # no finished trial was lost or redone
 
@@ -253,7 +257,8 @@ def test_final_epochs_come_from_the_final_models_measured_speed(tmp_path: Path) 
     from cnnlab.config import dump_yaml, to_dict
     from cnnlab.recipe.step import RecipeContext, ReportContext
     from cnnlab.recipe.steps.chosen import BEST_YAML
-    from cnnlab.recipe.steps.final import MAX_EPOCHS, FinalStep
+    from cnnlab.recipe.planner import SATURATION_EPOCHS as MAX_EPOCHS
+    from cnnlab.recipe.steps.final import FinalStep
 
     base = _cfg()
     base = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1000))  # far more than fits
@@ -275,3 +280,35 @@ def test_final_epochs_come_from_the_final_models_measured_speed(tmp_path: Path) 
     (tmp_path / "figs").mkdir()
     html = step.report_section([("final", result)], ReportContext(tmp_path, tmp_path / "figs", state, ctx.records))
     assert "budget plan" in html and all(reason.split(" (")[0] in html for reason in plan.reasons)
+
+
+def test_a_plan_that_skips_the_search_trains_the_starting_configuration(tmp_path: Path) -> None:
+    """When the budget plan gives all the time to the final model, no search runs and best.yaml is the start config."""
+    import dataclasses
+
+    from cnnlab.config import to_dict
+    from cnnlab.recipe.planner import plan_budget
+    from cnnlab.recipe.recipe import run_steps
+    from cnnlab.recipe.step import RecipeContext
+
+    base = _cfg()
+    options = RecipeOptions(budget_seconds=600.0, coarse_epochs=1, sampler="random", pruner="none")
+    state = RecipeState(config=to_dict(base), options=dataclasses.asdict(options))
+    ctx = RecipeContext(base, options, tmp_path, state, RECIPE_STEPS, verbose=False)
+    for key in ("check", "overfit"):  # the gates ran; their results do not matter here
+        ctx.run(RECIPE_STEPS[key], key)
+    plan = plan_budget(600.0, 10.0, 60.0, 5.0, max_epochs=30)  # 9 final epochs fit, below saturation: no search
+    # (constructed figures: 60 s per epoch of this tiny model is what the final plan must reuse, not re-measure)
+    assert plan.skip_search
+    ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
+    run_steps(ctx, RECIPE_STEPS)
+    assert state.order == ["check", "overfit", "plan", "chosen", "final"] and state.finished  # no LR finder, no search
+    assert not (tmp_path / "search").exists()
+    best = load_run_config(tmp_path / "best.yaml")
+    assert best.optim == base.optim and best.model == base.model and best.train.tta == "auto"
+    final = ctx.records.get("final")
+    assert ctx.records.get("chosen").value is None and final.test_acc is not None
+    # the final model is the configuration the plan timed: its measurement is used again
+    assert final.plan.final_epoch_seconds == plan.final_epoch_seconds and final.epochs <= 9
+    html = rewrite_report(tmp_path).read_text()
+    assert "search skipped" in html and "the starting configuration" in html and "must beat" in html

@@ -99,7 +99,7 @@ def test_registry_refuses_duplicates_and_finds_repeated_keys() -> None:
     assert steps.for_key("count-3").name == "count"
     with pytest.raises(KeyError, match="no recipe step"):
         steps.for_key("nothing-1")
-    assert [s.name for s in RECIPE_STEPS] == ["check", "overfit", "lr_find", "coarse", "diagnose", "refine", "chosen", "final"]
+    assert [s.name for s in RECIPE_STEPS] == ["check", "overfit", "plan", "lr_find", "coarse", "diagnose", "refine", "chosen", "final"]
     assert RECIPE_STEPS.for_key("refine-2").name == "refine" and RECIPE_STEPS.for_key("diagnose-1").name == "diagnose"
 
 

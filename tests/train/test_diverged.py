@@ -24,7 +24,8 @@ DATA = "synthetic:classes=3,n=300,size=12,channels=1"
 def _cfg(lr: float = 0.05) -> RunConfig:
     return load_run_config(None, {
         "data": {"source": DATA}, "model": {"name": "simple", "options": {"spec": "c8-p"}},
-        "optim": {"lr": lr}, "schedule": {"name": "constant"}, "train": {"epochs": 3, "batch_size": 32, "checkpoint_minutes": 0},
+        "optim": {"lr": lr}, "schedule": {"name": "constant"},
+        "train": {"epochs": 3, "batch_size": 32, "checkpoint_minutes": 0, "label_smoothing": 0.0},
     })  # fmt: skip
 
 

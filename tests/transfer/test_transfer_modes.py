@@ -81,7 +81,8 @@ def test_feature_views_cache_augmented_copies(backbone_run, make_config) -> None
     assert train.views.shape[:2] == (3, len(splits.train))
     assert not torch.equal(train.views[0], train.views[1]) and not torch.equal(train.views[1], train.views[2])
     with pytest.raises(CnnlabError, match="--augment"):
-        feature_loaders(model, splits, make_config(transfer={"backbone": str(backbone_run), "feature_views": 1}), resolve_runtime(cfg.train))
+        feature_loaders(model, splits, make_config(data={"augment": "none"}, transfer={"backbone": str(backbone_run), "feature_views": 1}),
+                        resolve_runtime(cfg.train))  # fmt: skip
 
 
 def test_finetune_trains_backbone_with_lower_lr(backbone_run, make_config, monkeypatch) -> None:

@@ -18,8 +18,15 @@ steps (each also a command of its own):
   6 diagnose   read the best trial's curves; move the ranges (LR, regularisation) accordingly
   7 loop 5-6 until the budget is spent or validation accuracy stops improving;
     then train the final model on all the training data and test it once
+    (with flip TTA only if it raises validation accuracy)
+
+the budget plan (after step 2) times the model and serves the final model first: it gets
+every whole epoch the time left allows, up to 30; only the time beyond goes to steps 3-7.
+At short budgets (a few minutes on a CPU) the search is skipped and the final model trains
+the starting configuration (the defaults, or your flags) for the whole budget.
 
 examples:
+  cnnlab recipe --data fashion-mnist --budget 5m
   cnnlab recipe --data fashion-mnist --model simple --model-opt spec=c32-p-c96-p-c192-p-fc256 --budget 10m
   cnnlab recipe --data cifar10 --model resnet20 --augment standard --budget 2h --out runs/recipe-c10
   cnnlab recipe --resume runs/recipe-c10          # continue after a crash or Ctrl-C

@@ -88,7 +88,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None
     t("--amp", field=(c.TrainConfig, "amp"), choices=c.choices(c.AmpMode), help="mixed precision (auto: bf16 on CUDA)")
     t("--channels-last", field=(c.TrainConfig, "channels_last"), choices=c.choices(c.ChannelsLast))
     t("--compile", action="store_true", help="torch.compile the model")
-    t("--tta", action="store_true", help="flip test-time augmentation in the final test evaluation")
+    t("--tta", field=(c.TrainConfig, "tta"), nargs="?", const="on", type=str.lower, choices=c.choices(c.TtaMode),
+      help="flip test-time augmentation in the final test evaluation; bare --tta is on; auto: used only if it raises "
+           "the validation accuracy of the best weights")  # fmt: skip
     t("--checkpoint-minutes", field=(c.TrainConfig, "checkpoint_minutes"), help="also checkpoint mid-epoch this often")
     x = _Flags(parser, parser.add_argument_group("transfer learning (docs/transfer.md)"), only)
     x("--pretrained", action="store_true", help="load the backbone's pretrained weights (--model timm:NAME, torchvision:NAME, efficientnet_lite0)")
@@ -182,7 +184,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
                   "early_stopping": g("early_stopping"), "deterministic": flag("deterministic"),
                   "class_weights": flag("class_weights"), "balanced_sampling": flag("balanced_sampling"),
                   "train_subset": g("train_subset"), "val_subset": g("val_subset"), "device": g("device"), "amp": g("amp"),
-                  "channels_last": g("channels_last"), "compile": flag("compile"), "tta": flag("tta"),
+                  "channels_last": g("channels_last"), "compile": flag("compile"), "tta": g("tta"),
                   "checkpoint_minutes": g("checkpoint_minutes")},
     }  # fmt: skip
 

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,9 @@ from cnnlab.lab.plot import plot_lab
 from cnnlab.lab.verdict import Verdict, judge
 from cnnlab.run import build_model, load_data, run_training
 from cnnlab.runfolder import RunFolder
-from cnnlab.train.fit import build_loss
-from cnnlab.train.loaders import build_loader, train_loader
-from cnnlab.train.loop import TrainStep
-from cnnlab.train.optim import build_optimizer
-from cnnlab.train.runtime import Runtime, prepare, resolve_runtime
+from cnnlab.train.loaders import build_loader
+from cnnlab.timing import measure_speed
+from cnnlab.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -221,29 +218,11 @@ def _choose_epochs(exp: Experiment, settings: LabSettings) -> int:
     return min(epochs, 50)
 
 
-def _epoch_seconds(exp: Experiment, arm: str, settings: LabSettings, steps: int = 6) -> float:
-    """Seconds per epoch of an arm: a few timed training steps, scaled, plus validation.
-
-    The steps are training's own (:class:`TrainStep` on the run's device, optimizer, loss
-    and loader), so the estimate is of the run that follows.
-    """
+def _epoch_seconds(exp: Experiment, arm: str, settings: LabSettings) -> float:
+    """Seconds per epoch of an arm, from a few of its own timed training steps (:func:`cnnlab.timing.measure_speed`)."""
     cfg = arm_config(exp, arm, settings, 0, 1)
     splits = load_data(cfg)
-    runtime = resolve_runtime(cfg.train)
-    model = build_model(cfg, splits)
-    loader = train_loader(splits, cfg, runtime)
-    model = prepare(model, runtime).train()
-    step = TrainStep(build_optimizer(model, cfg.optim), build_loss(cfg.train, splits, runtime.device),
-                     lambda _: cfg.optim.lr, runtime, grad_clip=cfg.train.grad_clip)  # fmt: skip
-    batches = iter(loader)
-    times = []
-    for _ in range(min(steps, len(loader))):
-        x, y = next(batches)
-        start = time.perf_counter()
-        step(model, x, y)[0].item()  # waits for the device, so the step is timed whole
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times[1:] or times)
-    return seconds * len(loader) + seconds / 3 * (len(splits.val) + len(splits.train)) / cfg.train.batch_size
+    return measure_speed(cfg, splits).epoch_seconds(len(splits.train), len(splits.val))
 
 
 def _run_arm(exp: Experiment, arm: str, settings: LabSettings, seed: int, epochs: int, out_dir: Path, verbose: bool) -> dict[str, Any]:

@@ -134,3 +134,20 @@ def resnet9(num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: 
         raise CnnlabError(f"width must be a positive integer (stem channels, 64 in ResNet-9), got {width!r}")
     model = ResNet9(width, num_classes, in_chans, norm, act, dropout, head, input_size, drop_path)
     return init_weights(model, init, act)
+
+
+@register_model(family="fast")
+def resnet9s(num_classes: int = 10, in_chans: int = 3, norm: str = "batch", act: str = "relu",
+             dropout: float = 0.0, init: str = "kaiming", input_size: int = 32, width: int = 16,
+             head: str = "gap", drop_path: float = 0.0) -> ResNet9:
+    """ResNet-9 small (width 16): cnnlab's default model, the most accuracy per minute measured on a CPU.
+
+    The same network as :func:`resnet9` at a sixteenth of its multiply-adds, chosen by
+    measurement (``bench/bench_models.py``, table in docs/models.md): on 2 CPU cores,
+    Fashion-MNIST, 7 epochs, it reached 93.7% test accuracy in about 5 minutes, ahead of
+    the demo CNN, a typical script's CNN and resnet20 at equal time. The pooled head was
+    as accurate as a flatten head there (93.68% against 93.73%) and works at any input size.
+
+    Args: as :func:`resnet9`, with ``width`` 16 by default.
+    """
+    return resnet9(num_classes, in_chans, norm, act, dropout, init, input_size, width, head, drop_path)

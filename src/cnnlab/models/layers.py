@@ -308,8 +308,8 @@ def check_head(head: str) -> str:
     """
     if head not in HEADS:
         raise CnnlabError(
-            f"unknown head {head!r}; choose gap (global average pool, any input size) or flatten "
-            "(flattened feature map into the FC, for the input size the model was built for)"
+            f"unknown head {head!r}; choose gap (global average pool, any input size), max (global max pool, any "
+            "input size) or flatten (flattened feature map into the FC, for the input size the model was built for)"
         )
     return head
 
@@ -365,7 +365,8 @@ class ClassifierHead(nn.Module):
         hidden: widths of the hidden FC layers.
         dropout: dropout probability before each FC after the first pooled features.
         act_layer: activation after the hidden FC layers.
-        head: ``gap`` (global average pool: any input size) or ``flatten`` (the whole
+        head: ``gap`` (global average pool: any input size), ``max`` (global max pool, the
+            head of the DAWNBench ResNet-9: any input size) or ``flatten`` (the whole
             feature map, channels x h x w values, enters the first FC: it keeps where a
             feature was, at the price of a fixed input size and h*w times the FC weights).
         feature_size: side (px) of the square feature map; needed by ``flatten`` only.
@@ -392,7 +393,7 @@ class ClassifierHead(nn.Module):
             self.feature_size = int(feature_size)
             width = in_features * self.feature_size**2
         else:
-            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.pool = nn.AdaptiveMaxPool2d(1) if head == "max" else nn.AdaptiveAvgPool2d(1)
             width = in_features
         layers: list[nn.Module] = []
         for h in hidden:

@@ -14,12 +14,19 @@ The rules:
 
 1. the plan never spends more than the budget left: the ``+5 %`` of the budget contract is
    a margin for the estimate's error, never planned into;
-2. when fewer than ``min_trials`` coarse trials fit in the search's share, a search cannot
-   choose between anything, so it is skipped and the final model gets all the time left
-   (it then trains the best prior configuration);
-3. the final model gets the whole epochs its measured speed allows in its share (and at
-   most ``max_epochs``); when not one epoch fits, the plan says so with ``final_epochs = 0``
-   instead of planning an overrun.
+2. **the final model first.** The final model is what the user gets, and its accuracy grows
+   with its epochs until it saturates, while a search can only pay back the epochs it takes
+   from it when its pick beats the prior configuration by more than those epochs are worth.
+   Measured on Fashion-MNIST (docs/benchmarks.md), two search trials' time taken from a
+   5-10 minute final run cost more accuracy than any search pick gained. So the final
+   model gets every whole epoch the time left allows, up to ``max_epochs`` (where more
+   epochs of the same model stop paying: ``SATURATION_EPOCHS``); only the time beyond
+   that goes to the search;
+3. when fewer than ``min_trials`` coarse trials fit in the search's time, a search cannot
+   choose between anything, so it is skipped and the final model trains the prior
+   configuration (the recipe's starting config, known to train);
+4. when not one final epoch fits, the plan says so with ``final_epochs = 0`` instead of
+   planning an overrun.
 """
 
 from __future__ import annotations
@@ -30,10 +37,9 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-# Share of the time left that the final model keeps while a search is still to run: half,
-# so the final model trains at least as long as the whole search (steps/search.py keeps
-# the same half, of the whole budget, while it searches).
-FINAL_SHARE = 0.5
+# Epochs after which more epochs of the same model are not worth a search's time: the final
+# model is planned up to this many, and only the time beyond them goes to the search.
+SATURATION_EPOCHS = 30
 # A coarse stage needs at least this many trials to compare anything: with fewer, the
 # search's pick is noise (the issue's 5-minute run fitted one trial, at 29 % accuracy).
 MIN_TRIALS = 4
@@ -100,8 +106,9 @@ def plan_budget(
         search_done: the search already ran: everything left goes to the final model.
         fixed_seconds: one-off costs of the final run, not per epoch (the test evaluation,
             building the model), in seconds.
-        min_trials: fewer coarse trials than this in the search's share skip the search.
-        max_epochs: at most this many final epochs (None: no cap).
+        min_trials: fewer coarse trials than this in the search's time skip the search.
+        max_epochs: the final model's saturation epochs: at most this many, and only the time
+            beyond them goes to the search (None: no cap, so no search).
 
     Returns:
         The :class:`Plan`.
@@ -117,33 +124,36 @@ def plan_budget(
         raise CnnlabError(f"the budget planner needs elapsed and fixed seconds >= 0, got {elapsed_seconds}, {fixed_seconds}")
     left = max(budget_seconds - elapsed_seconds, 0.0)
     reasons = [f"{left:.0f} s of the {budget_seconds:.0f} s budget left after {elapsed_seconds:.0f} s spent"]
+    affordable = int(max(left - fixed_seconds, 0.0) // final_epoch_seconds)  # final epochs if it got all the time
+    cap = max_epochs if max_epochs is not None else affordable
+    epochs = min(affordable, cap)
     search_seconds, skip = 0.0, False
     if not search_done:
         if trial_epoch_seconds is None or not (math.isfinite(trial_epoch_seconds) and trial_epoch_seconds > 0):
             raise CnnlabError(f"the budget planner needs the measured seconds per trial epoch, got {trial_epoch_seconds}")
-        share = (1 - FINAL_SHARE) * left
+        # below saturation every second is the final model's (what is left is less than an epoch)
+        spare = left - fixed_seconds - epochs * final_epoch_seconds if affordable > cap else 0.0
         trial_seconds = trial_epochs * trial_epoch_seconds
-        fit = int(share // trial_seconds)
+        fit = int(max(spare, 0.0) // trial_seconds)
         if fit < min_trials:
             skip = True
-            reasons.append(f"search skipped: its share ({share:.0f} s) fits {fit} coarse trial(s) of {trial_seconds:.0f} s, "
-                           f"fewer than the {min_trials} needed to compare; the final model gets all the time left")  # fmt: skip
+            why = (f"the final model can use all the time left ({affordable} epoch(s) of {final_epoch_seconds:.1f} s fit, "
+                   f"saturation at {cap})" if affordable <= cap else
+                   f"the {spare:.0f} s beyond the final model's {cap} epochs fit {fit} coarse trial(s) of {trial_seconds:.0f} s, "
+                   f"fewer than the {min_trials} needed to compare")  # fmt: skip
+            reasons.append(f"search skipped: {why}; the final model trains the prior configuration")
         else:
-            search_seconds = share
-            reasons.append(f"search: {share:.0f} s ({1 - FINAL_SHARE:.0%} of the time left), about {fit} coarse trials "
-                           f"of {trial_seconds:.0f} s")  # fmt: skip
+            search_seconds = spare
+            reasons.append(f"search: {spare:.0f} s, the time beyond the final model's {epochs} epochs "
+                           f"(more stop paying), about {fit} coarse trials of {trial_seconds:.0f} s")  # fmt: skip
     final_share = left - search_seconds
-    affordable = max(final_share - fixed_seconds, 0.0)
-    epochs = int(affordable // final_epoch_seconds)
-    capped = max_epochs is not None and epochs > max_epochs
-    epochs = min(epochs, max_epochs) if max_epochs is not None else epochs
     final_seconds = epochs * final_epoch_seconds + (fixed_seconds if epochs else 0.0)
     if epochs == 0:
         reasons.append(f"final: not one epoch ({final_epoch_seconds:.0f} s measured, + {fixed_seconds:.0f} s fixed) fits "
                        f"in the {final_share:.0f} s left")  # fmt: skip
     else:
-        cap = f", capped at {max_epochs}" if capped else ""
+        capped = ", capped at the saturation epochs" if max_epochs is not None and affordable > max_epochs else ""
         reasons.append(f"final: {epochs} epoch(s) of {final_epoch_seconds:.1f} s (measured on the final model, full "
-                       f"training split) + {fixed_seconds:.0f} s fixed = {final_seconds:.0f} s of its {final_share:.0f} s{cap}")  # fmt: skip
+                       f"training split) + {fixed_seconds:.0f} s fixed = {final_seconds:.0f} s of its {final_share:.0f} s{capped}")  # fmt: skip
     return Plan(float(budget_seconds), float(elapsed_seconds), search_seconds, epochs, final_seconds,
                 float(final_epoch_seconds), float(fixed_seconds), skip, tuple(reasons))  # fmt: skip

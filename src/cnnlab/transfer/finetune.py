@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cnnlab.config import RunConfig
+from cnnlab.data.augment import build_augment
 from cnnlab.data.sources import Splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models.transfer import TransferModel
@@ -71,7 +72,7 @@ def feature_loaders(
     ``verbose`` shows a progress bar (on a terminal) while features are computed.
     """
     t, tc = cfg.transfer, cfg.train
-    if t.feature_views and not cfg.data.augment:
+    if t.feature_views and build_augment(cfg.data.augment) is None:  # "" or "none"
         raise CnnlabError("--feature-views needs an augmentation to vary the views; add e.g. --augment flip,crop:4")
     common = dict(device=runtime.device, augment=cfg.data.augment, seed=tc.seed, batch_size=tc.eval_batch_size,
                   cache=t.cache, identity=model.cache_identity(), channels_last=runtime.channels_last,

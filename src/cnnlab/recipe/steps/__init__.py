@@ -13,11 +13,13 @@ from cnnlab.recipe.steps.diagnose import DiagnoseStep
 from cnnlab.recipe.steps.final import FinalStep
 from cnnlab.recipe.steps.lrfind import LrFindStep
 from cnnlab.recipe.steps.overfit import OverfitStep
+from cnnlab.recipe.steps.plan import PlanStep
 from cnnlab.recipe.steps.search import CoarseStep, RefineStep
 
 RECIPE_STEPS = StepRegistry()
 RECIPE_STEPS.register(CheckStep())
 RECIPE_STEPS.register(OverfitStep())
+RECIPE_STEPS.register(PlanStep())  # before the LR finder: with no search, the finder has nothing to decide
 RECIPE_STEPS.register(LrFindStep())
 RECIPE_STEPS.register(CoarseStep())
 RECIPE_STEPS.register(DiagnoseStep())  # run by each refine round, before it searches

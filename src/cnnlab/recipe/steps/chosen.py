@@ -13,6 +13,7 @@ from cnnlab.recipe.html import esc, h2, params
 from cnnlab.recipe.records import best_config
 from cnnlab.recipe.state import RecipeStopped
 from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
+from cnnlab.recipe.steps.plan import search_skipped
 from cnnlab.recipe.steps.stage import best_stage
 
 BEST_YAML = "best.yaml"
@@ -23,7 +24,7 @@ class Chosen:
     """The chosen trial: its values, its validation accuracy, its run folder."""
 
     params: dict[str, Any]
-    value: float
+    value: float | None  # None: no search ran (the plan skipped it); the starting configuration was chosen
     run_dir: str | None
 
 
@@ -34,6 +35,10 @@ class ChosenStep(OnceStep):
     title = "Chosen configuration"
 
     def run(self, ctx: RecipeContext, key: str) -> Chosen:
+        if search_skipped(ctx):  # the starting configuration, as given: known to train, no trial to beat it
+            atomic_write_text(ctx.out / BEST_YAML, dump_yaml(ctx.cfg))
+            ctx.say(f"chosen: the starting configuration (the plan skipped the search) -> {ctx.out / BEST_YAML}")
+            return Chosen({}, None, None)
         stage = best_stage(ctx.records)
         trial = stage.best if stage is not None else None
         if trial is None:
@@ -50,9 +55,12 @@ class ChosenStep(OnceStep):
         return {"params": result.params, "value": result.value, "from": result.run_dir}
 
     def from_dict(self, data: Mapping[str, Any]) -> Chosen:
-        return Chosen(dict(data["params"]), float(data["value"]), data.get("from"))
+        value = data["value"]
+        return Chosen(dict(data["params"]), None if value is None else float(value), data.get("from"))
 
     def evidence(self, result: Chosen) -> str:
+        if result.value is None:
+            return "the starting configuration (no search: the budget plan gave its time to the final model)"
         return f"{params(result.params)} (val acc {result.value:.2%})"
 
     def report_section(self, results: Sequence[tuple[str, Chosen]], report: ReportContext) -> str:

@@ -4,47 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnlab import checkpoint as ckpt
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import RunConfig, dump_yaml, load_run_config
-from cnnlab.data.imageset import Splits
 from cnnlab.io import atomic_write_text
 from cnnlab.recipe.diagnose import Diagnosis, diagnose_run
 from cnnlab.recipe.html import esc, h2, img, plural
-from cnnlab.recipe.planner import Plan, plan_budget
+from cnnlab.recipe.planner import SATURATION_EPOCHS, Plan, plan_budget
 from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
 from cnnlab.recipe.steps.chosen import BEST_YAML
 from cnnlab.recipe.steps.diagnose import diagnosis_block
+from cnnlab.recipe.steps.plan import PLAN
+from cnnlab.timing import measure_epoch_seconds
 from cnnlab.report.plots import confusion_plot
 from cnnlab.runfolder import RunFolder
-from cnnlab.train.fit import build_loss
-from cnnlab.train.loaders import train_loader
-from cnnlab.train.loop import TrainStep
 from cnnlab.train.metrics import classification_metrics
-from cnnlab.train.optim import build_optimizer
-from cnnlab.train.runtime import prepare, resolve_runtime
-from cnnlab.run import build_model, resume_config, run_training
+from cnnlab.run import resume_config, run_training
 
 log = logging.getLogger(__name__)
 
 FOLDER = "final"
-# A budget's final training runs at most this many epochs (beyond it the time is better
-# spent elsewhere than on a longer schedule of the same model).
-MAX_EPOCHS = 30
-# Evaluating an image is ~3x faster than training on it (no backward pass); epochs cost
-# another ~5% in overheads (logging, checkpoints).
-EVAL_SPEEDUP, EPOCH_OVERHEAD = 3.0, 1.05
-# Training steps timed on the final model before planning; the median of the second half is
-# the step time. The first steps are warm-up: measured on 2 CPU cores, a small CNN's first 3
-# steps took 10-40x its steady step (kernel choices, allocations), so they are never used.
-TIMED_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -79,8 +62,9 @@ class FinalStep(OnceStep):
             epochs = 1
             log.warning("the final model needs %.0f s for one epoch, more than the budget has left; "
                         "it trains 1 epoch and overruns the budget", plan.final_epoch_seconds)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
-        # best.yaml reproduces the final run: the epochs it trains, not the base config's.
+        # flip TTA on the test only if it raises the final model's validation accuracy (see finish_run)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs, tta="auto"))
+        # best.yaml reproduces the final run: the epochs it trains (not the base config's) and its TTA choice.
         atomic_write_text(ctx.out / BEST_YAML, dump_yaml(cfg))
         ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split -> {run.path}")
         summary = run_training(cfg, run.path, verbose=ctx.verbose)
@@ -105,6 +89,16 @@ class FinalStep(OnceStep):
         parts = [h2(self.title),
                  f"<p>Test accuracy <b>{final.test_acc or 0:.2%}</b> (best validation {final.best_val_acc or 0:.2%}) "
                  f"after {plural(final.epochs, 'epoch')}; run folder <code>{esc(run.path)}</code>.</p>"]  # fmt: skip
+        tta = final.summary.get("tta")  # {"mode", "used", ...}; a final run from before "auto" holds a bool: no sentence
+        if isinstance(tta, Mapping):
+            used = "used" if tta.get("used") else "not used"
+            if tta.get("val_acc") is not None:
+                parts.append(f"<p>Flip TTA {'raised' if tta.get('used') else 'did not raise'} the validation accuracy of the "
+                             f"final weights ({tta['val_acc']:.2%} without, {tta['val_acc_tta']:.2%} with), so it was "
+                             f"{used} on the test.</p>")  # fmt: skip
+            else:
+                why = f" ({esc(tta['reason'])})" if tta.get("reason") else ""
+                parts.append(f"<p>Flip TTA: {esc(tta.get('mode'))}, {used} on the test{why}.</p>")
         if final.plan is not None:
             parts.append("<p>The budget plan (from the final model's measured speed):</p><ul>"
                          + "".join(f"<li>{esc(r)}</li>" for r in final.plan.reasons) + "</ul>")  # fmt: skip
@@ -118,44 +112,23 @@ class FinalStep(OnceStep):
 
 
 def _plan(ctx: RecipeContext, cfg: RunConfig) -> Plan:
-    """The final run's plan: all the time left, in whole epochs of its measured speed."""
-    splits = ctx.splits()  # the final run's data: best.yaml keeps the base config's data and subset
-    epoch_seconds, fixed_seconds = measure_epoch_seconds(cfg, splits)
+    """The final run's plan: all the time left (up to the saturation epochs), in whole epochs of its measured speed.
+
+    When the plan step skipped the search, the final model is the configuration it timed
+    moments ago: its measurement is used again (a second one costs time and, on a noisy
+    machine, can differ by enough to lose an epoch). After a search the chosen
+    configuration is timed anew.
+    """
+    before = ctx.records.get(PLAN)
+    if before is not None and before.skip_search:
+        epoch_seconds, fixed_seconds = before.final_epoch_seconds, before.fixed_seconds
+    else:
+        epoch_seconds, fixed_seconds = measure_epoch_seconds(cfg, ctx.splits())  # best.yaml keeps the base data and subset
     plan = plan_budget(ctx.options.budget_seconds or 0.0, ctx.clock.spent(), epoch_seconds, search_done=True,
-                       fixed_seconds=fixed_seconds, max_epochs=MAX_EPOCHS)  # fmt: skip
+                       fixed_seconds=fixed_seconds, max_epochs=SATURATION_EPOCHS)  # fmt: skip
     for reason in plan.reasons:
         ctx.say(f"plan: {reason}")
     return plan
-
-
-def measure_epoch_seconds(cfg: RunConfig, splits: Splits, steps: int = TIMED_STEPS) -> tuple[float, float]:
-    """Seconds per epoch of ``cfg`` on ``splits``, and the one-off seconds of its test evaluation.
-
-    A few of training's own steps (:class:`TrainStep` with the run's model, device,
-    optimizer, loss and loader) are timed, scaled to the epoch's batches, and the epoch's
-    evaluations (validation and training accuracy, ``EVAL_SPEEDUP`` times faster per
-    image) added. The global RNGs are restored, so the run that follows is unchanged.
-    """
-    runtime = resolve_runtime(cfg.train)
-    rng = ckpt.rng_state()  # building the model and the loader's augmentation draw from the global RNGs
-    try:
-        loader = train_loader(splits, cfg, runtime)
-        model = prepare(build_model(cfg, splits), runtime).train()
-        step = TrainStep(build_optimizer(model, cfg.optim), build_loss(cfg.train, splits, runtime.device),
-                         lambda _: cfg.optim.lr, runtime, grad_clip=cfg.train.grad_clip)  # fmt: skip
-        batches = iter(loader)
-        times = []
-        for _ in range(min(steps, len(loader))):
-            start = time.perf_counter()  # the batch's loading and augmentation are part of the step
-            x, y = next(batches)
-            step(model, x, y)[0].item()  # waits for the device, so the step is timed whole
-            times.append(time.perf_counter() - start)
-    finally:
-        ckpt.set_rng_state(rng)
-    per_image = statistics.median(times[len(times) // 2 :]) / cfg.train.batch_size  # seconds per training image
-    evaluated = len(splits.val) + len(splits.train)
-    epoch = (per_image * len(loader) * cfg.train.batch_size + per_image / EVAL_SPEEDUP * evaluated) * EPOCH_OVERHEAD
-    return epoch, per_image / EVAL_SPEEDUP * len(splits.test)
 
 
 def _confusion(run: RunFolder, path: Path) -> tuple[Path | None, str | None]:

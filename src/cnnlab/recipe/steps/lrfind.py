@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cnnlab.recipe.html import esc, h2, img
 from cnnlab.recipe.lrfind import LRFindResult, lr_find
 from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
+from cnnlab.recipe.steps.plan import search_skipped
 
 FOLDER = "lr_find"
 
@@ -18,6 +19,13 @@ class LrFindStep(OnceStep):
 
     name = "lr_find"
     title = "3. Learning-rate finder"
+
+    def keys(self, ctx: RecipeContext) -> Iterator[str]:
+        if search_skipped(ctx):  # its pick centres the search; the final model trains the starting lr
+            if self.name not in ctx.records:
+                ctx.say(f"{self.name}: skipped, no search to centre (the budget plan gave its time to the final model)")
+            return
+        yield self.name
 
     def run(self, ctx: RecipeContext, key: str) -> LRFindResult:
         # When the curve cannot decide, the configuration's own peak lr (config.py's default

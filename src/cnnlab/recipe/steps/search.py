@@ -23,15 +23,16 @@ from cnnlab.io import atomic_write_json
 from cnnlab.recipe.html import params, plural
 from cnnlab.models.registry import list_models, model_info
 from cnnlab.recipe.search import load_search, run_search
-from cnnlab.recipe.space import SearchSpace, coarse_space, refine_space
+from cnnlab.recipe.space import LR, WD, SearchSpace, coarse_space, refine_space
 from cnnlab.recipe.step import RecipeContext, ReportContext, step_key
 from cnnlab.recipe.steps.diagnose import DIAGNOSE, RoundDiagnosis
+from cnnlab.recipe.steps.plan import search_end, search_skipped
 from cnnlab.recipe.steps.search_report import search_section
 from cnnlab.recipe.steps.stage import COARSE, REFINE, StageResult, best_stage, stage_before
 from cnnlab.recipe.storage import JOURNAL_NAME
 
-# Share of the budget kept for the final training (the rest goes to steps 1-6): the final
-# model trains on all the data for several epochs, a search trial on a subset for a few.
+# Recipes started before the plan step (recipe.json without a "plan" record) kept this
+# share of the budget for the final training; their search continues under the same rule.
 FINAL_SHARE = 0.5
 # Share of the search time spent on the coarse stage; refine rounds split the rest.
 COARSE_SHARE = 0.45
@@ -70,6 +71,10 @@ class CoarseStep(_StageStep):
     title = "4-7. Search, diagnose, refine"
 
     def keys(self, ctx: RecipeContext) -> Iterator[str]:
+        if search_skipped(ctx):
+            if self.name not in ctx.records:
+                ctx.say(f"{self.name}: skipped by the budget plan; the final model trains the starting configuration")
+            return
         yield self.name
 
     def run(self, ctx: RecipeContext, key: str) -> StageResult:
@@ -80,8 +85,17 @@ class CoarseStep(_StageStep):
         # minimum's LR (0.11), beyond 10x the pick. So the range reaches 10x that minimum.
         if LR_ABOVE_MIN * (lr.min_lr or 0.0) > space.lr[1]:
             space = dataclasses.replace(space, lr=(space.lr[0], LR_ABOVE_MIN * lr.min_lr))
+        # The starting configuration is the first trial: the search's pick can only be it or one
+        # that beat it on the same trials, never a worse one (the range widens to hold it).
+        prior = {LR: ctx.cfg.optim.lr, WD: ctx.cfg.optim.weight_decay}
+        space = dataclasses.replace(space, lr=(min(space.lr[0], prior[LR]), max(space.lr[1], prior[LR])))
+        if space.weight_decay is not None and prior[WD] > 0:
+            space = dataclasses.replace(space, weight_decay=(min(space.weight_decay[0], prior[WD]),
+                                                             max(space.weight_decay[1], prior[WD])))  # fmt: skip
+        start = {k: v for k, v in prior.items() if k in space.knobs() and space.knobs()[k].contains(v)}
         seconds = COARSE_SHARE * search_seconds(ctx)
-        return run_stage(ctx, key, "coarse", space, seconds, ctx.options.coarse_trials, ctx.options.coarse_epochs)
+        return run_stage(ctx, key, "coarse", space, seconds, ctx.options.coarse_trials, ctx.options.coarse_epochs,
+                         start_from=start or None)  # fmt: skip
 
     def report_section(self, results: Sequence[tuple[str, StageResult]], report: ReportContext) -> str:
         # One section tells the whole search story: every stage, how its ranges moved, the
@@ -97,6 +111,8 @@ class RefineStep(_StageStep):
 
     def keys(self, ctx: RecipeContext) -> Iterator[str]:
         best = previous = ctx.records.get(COARSE)
+        if best is None:  # no coarse search (the plan skipped it): nothing to refine
+            return
         for round_ in range(1, ctx.options.max_rounds + 1):
             key = step_key(self.name, round_)
             if key not in ctx.records:
@@ -128,10 +144,13 @@ class RefineStep(_StageStep):
 
 
 def search_seconds(ctx: RecipeContext) -> float:
-    """Time the whole search may still use: the budget left minus the final training's share."""
+    """Time the whole search may still use: until the end the budget plan set for it."""
     if ctx.options.budget_seconds is None:
         return math.inf
-    return max(ctx.clock.left() - FINAL_SHARE * ctx.options.budget_seconds, 0.0)
+    end = search_end(ctx)
+    if end is None:  # a recipe started before the plan step: the old fixed share
+        return max(ctx.clock.left() - FINAL_SHARE * ctx.options.budget_seconds, 0.0)
+    return max(end - ctx.clock.spent(), 0.0)
 
 
 def _round_seconds(ctx: RecipeContext, previous: StageResult, round_: int) -> tuple[float, float]:
