@@ -329,6 +329,9 @@ runtime = resolve_runtime(cfg.train)
 decision = choose_tta(LeftHalfModel(), _splits("symmetric", symmetric_split), cfg, runtime, verbose=False)
 with open(os.path.join({out!r}, f"rank{{runtime.rank}}.json"), "w") as f:
     json.dump(decision, f)
+import torch.distributed as dist
+dist.barrier()  # both ranks done before either tears the group down: an exit mid-collective aborts gloo
+dist.destroy_process_group()
 """
 
 

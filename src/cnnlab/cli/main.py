@@ -92,6 +92,20 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under torchrun, tear the process group down before the process exits.
+
+    A process that exits with a gloo group still open can abort in the library's teardown
+    ("terminate called without an active exception", exit -6) while the run itself had
+    finished; torch.distributed is only looked at when the command already imported it.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
