@@ -206,6 +206,13 @@ def _check_area_and_ratio(op: Op, example: str) -> None:
         op._fail(f"need 0 < min_ratio <= max_ratio, got {op.min_ratio} and {op.max_ratio}")
 
 
+def _check_mean_fill(op: Op, channels: int) -> None:
+    """``fill=mean`` (cutout and erase) needs the dataset's mean, one value per channel."""
+    if op.fill == "mean" and (op.mean is None or len(op.mean) != channels):
+        got = "no mean" if op.mean is None else f"a mean of {len(op.mean)} values"
+        op._fail(f"fill=mean needs the dataset's {channels}-channel mean, got {got}; pass mean= to build_augment")
+
+
 @dataclass(frozen=True)
 class ResizedCrop(Op):
     """Random resized crop: a random area fraction and aspect ratio, resized bilinearly.
@@ -404,9 +411,7 @@ class Cutout(Op):
         n, c, h, w = x.shape
         if self.p <= 0.0:
             return x
-        if self.fill == "mean" and (self.mean is None or len(self.mean) != c):
-            got = "no mean" if self.mean is None else f"a mean of {len(self.mean)} values"
-            self._fail(f"fill=mean needs the dataset's {c}-channel mean, got {got}; pass mean= to build_augment")
+        _check_mean_fill(self, c)
         rows, cols = self._bands(n, h, w, generator, x)
         if self.p < 1.0:
             rows.mul_(_coin(n, self.p, generator, x)[:, None])
@@ -477,9 +482,7 @@ class Erase(Op):
         n, c, h, w = x.shape
         if self.p <= 0.0:
             return x
-        if self.fill == "mean" and (self.mean is None or len(self.mean) != c):
-            got = "no mean" if self.mean is None else f"a mean of {len(self.mean)} values"
-            self._fail(f"fill=mean needs the dataset's {c}-channel mean, got {got}; pass mean= to build_augment")
+        _check_mean_fill(self, c)
         mask = self.rect_mask(n, h, w, generator, x)
         if self.fill == "zero":
             return x.addcmul_(x, mask, value=-1)  # x - x * 1 is exactly 0

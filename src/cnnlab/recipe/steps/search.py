@@ -92,7 +92,8 @@ class CoarseStep(_StageStep):
         if space.weight_decay is not None and prior[WD] > 0:
             space = dataclasses.replace(space, weight_decay=(min(space.weight_decay[0], prior[WD]),
                                                              max(space.weight_decay[1], prior[WD])))  # fmt: skip
-        start = {k: v for k, v in prior.items() if k in space.knobs() and space.knobs()[k].contains(v)}
+        knobs = space.knobs()
+        start = {k: v for k, v in prior.items() if k in knobs and knobs[k].contains(v)}
         seconds = COARSE_SHARE * search_seconds(ctx)
         return run_stage(ctx, key, "coarse", space, seconds, ctx.options.coarse_trials, ctx.options.coarse_epochs,
                          start_from=start or None)  # fmt: skip
