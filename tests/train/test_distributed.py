@@ -38,17 +38,19 @@ GLOBAL_BATCH = 32
 RTOL = 1e-4
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     ddp, single = RunFolder(tmp_path / "ddp"), RunFolder(tmp_path / "single")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    _run([*torchrun, "-m", "cnnlab", "train", *COMMON, "--batch-size", str(GLOBAL_BATCH // 2), "--out", str(ddp.path)])
+    out = _run([*torchrun, "-m", "cnnlab", "train", *COMMON, "--batch-size", str(GLOBAL_BATCH // 2), "--out", str(ddp.path)])
+    assert out.count("test accuracy") == 1, out  # rank 0 alone prints the result
     _run([sys.executable, "-m", "cnnlab", "train", *COMMON, "--batch-size", str(GLOBAL_BATCH), "--out", str(single.path)])
     s_ddp, s_one = ddp.read_summary(), single.read_summary()
     assert s_ddp["world_size"] == 2 and s_one["world_size"] == 1

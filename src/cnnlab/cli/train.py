@@ -264,13 +264,14 @@ def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> int:
     from cnnlab.config import load_run_config
     from cnnlab.run import result_line, run_training
+    from cnnlab.train.runtime import launch_rank
 
     if args.resume is not None:
         summary = run_training(resume=args.resume, changes=_resume_changes(args), verbose=not args.quiet)
     else:
         cfg = load_run_config(args.config, run_overrides(args))
         summary = run_training(cfg, args.out, verbose=not args.quiet)
-    # --quiet drops the per-epoch lines, not the result (docs/training.md).
-    if args.quiet and (line := result_line(summary)):
+    # --quiet drops the per-epoch lines, not the result (docs/training.md); under torchrun rank 0 alone prints it.
+    if args.quiet and launch_rank() == 0 and (line := result_line(summary)):
         print(line, flush=True)
     return 0

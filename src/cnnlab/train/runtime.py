@@ -52,10 +52,15 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
     """Pick the device, precision and memory format; join the process group under torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
