@@ -7,6 +7,7 @@ contract. Tests must not write into it; :func:`tiny_run_copy` gives a private co
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -67,3 +68,27 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run_copy(tiny_run: Path, tmp_path: Path) -> Path:
     """A private copy of :func:`tiny_run`, for tests that write into the run folder."""
     return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+class LogCapture(logging.Handler):
+    """Collects cnnlab's warnings while in a ``with`` block (the CLI's logger does not propagate to caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> LogCapture:
+        logging.getLogger("cnnlab").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("cnnlab").removeHandler(self)
+
+
+@pytest.fixture()
+def cnnlab_warnings() -> type[LogCapture]:
+    """``with cnnlab_warnings() as logged: ...``, then ``logged.messages``: the warnings cnnlab logged."""
+    return LogCapture

@@ -66,7 +66,7 @@ def test_yaml_round_trip_is_exact(tmp_path: Path) -> None:
     ({"data": {"channels": 2}}, "data.channels must be one of 1, 3"),
     ({"data": {"channels": True}}, "data.channels must be one of 1, 3"),  # True == 1, but it is no channel count
     ({"data": {"normalize": "unit8"}}, "did you mean 'unit'"),
-    ({"train": {"amp": "fp16"}}, "train.amp must be one of auto, bf16, off"),
+    ({"train": {"amp": "fp8"}}, "train.amp must be one of auto, bf16, fp16, off"),
     ({"transfer": {"mode": "fine"}}, "did you mean 'finetune'"),
     ({"data": {"val_split": 1.0}}, "data.val_split must be a number in [0, 1), got 1.0"),
     ({"data": {"val_split": 0.5, "test_split": 0.5}}, "must leave some training data"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -113,36 +112,18 @@ def test_a_val_subset_run_validates_on_the_subset_and_says_so(tiny_config: Calla
     assert summary["test_acc"] is not None and summary["test_seconds"] >= 0  # the test split stays whole
 
 
-class _Warnings(logging.Handler):
-    """Collects cnnlab's warnings (the CLI's logger does not propagate to pytest's caplog)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> _Warnings:
-        logging.getLogger("cnnlab").addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger("cnnlab").removeHandler(self)
-
-
-def test_a_long_run_says_how_long_it_will_take_before_it_gets_far(tiny_config: Callable[..., Any], tmp_path) -> None:
+def test_a_long_run_says_how_long_it_will_take_before_it_gets_far(tiny_config: Callable[..., Any], tmp_path, cnnlab_warnings: type) -> None:
     # 100,000 epochs of 135 steps take hours on any machine (even at 0.2 ms a step: 45 min);
     # the run is stopped after one.
     cfg = tiny_config(DATA, epochs=100_000, train={"batch_size": 4})
-    with _Warnings() as logged:
+    with cnnlab_warnings() as logged:
         run_training(cfg, tmp_path / "long", verbose=False, on_epoch_end=lambda record: True, evaluate_test=False)
     warnings = [m for m in logged.messages if "this run will take about" in m]
     assert len(warnings) == 1 and " h" in warnings[0] and "img/s" in warnings[0] and "100000 more epoch(s)" in warnings[0]
 
 
-def test_a_short_run_gives_no_time_warning(tiny_config: Callable[..., Any], tmp_path) -> None:
-    with _Warnings() as logged:
+def test_a_short_run_gives_no_time_warning(tiny_config: Callable[..., Any], tmp_path, cnnlab_warnings: type) -> None:
+    with cnnlab_warnings() as logged:
         run_training(tiny_config(DATA, epochs=1), tmp_path / "short", verbose=False, evaluate_test=False)
     assert logged.messages == []
 

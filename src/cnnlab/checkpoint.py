@@ -8,7 +8,7 @@ old checkpoint, so a kill at any moment leaves either the old or the new file, w
 
 Every RNG the run draws from is saved with it (Python, NumPy, torch CPU and CUDA); the
 data loader's randomness is a pure function of (seed, epoch, batch), so together with
-the step counters the run resumes exactly.
+the step counters (and for fp16 the gradient scaler's loss scale) the run resumes exactly.
 """
 
 from __future__ import annotations
@@ -144,6 +144,9 @@ def _schema_problem(state: Any, *, resumable: bool) -> str | None:
     for key, kind in (("epoch", int), ("step", int), ("epoch_state", dict), ("history", dict), ("rng", dict)):
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             return f"it has no '{key}' ({kind.__name__})"
+    scaler = state.get("scaler")  # fp16 runs: the gradient scaler's loss scale (None or absent otherwise)
+    if scaler is not None and not (isinstance(scaler, dict) and isinstance(scaler.get("scale"), (int, float))):
+        return "its gradient scaler state ('scaler') holds no loss scale"
     if not all(k in state["rng"] for k in ("python", "numpy", "torch")):
         return "its RNG states ('rng') are incomplete"
     if not isinstance(data.get("fingerprint"), str):

@@ -30,10 +30,15 @@ T = TypeVar("T")
 # ``choices=`` and help texts from them with :func:`choices`.
 
 Normalize = Literal["standardize", "unit", "raw"]
+# How training batches are made from a prepared store (`cnnlab data prepare`): decoded once into
+# memory, streamed from the store batch by batch, or auto: in memory when the decoded images fit
+# a fraction of the free device memory (cnnlab.data.store.MEMORY_FRACTION), else streamed.
+LoaderMode = Literal["auto", "memory", "stream"]
 Channels = Literal[1, 3]
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["onecycle", "cosine", "step", "constant"]
-AmpMode = Literal["auto", "bf16", "off"]
+# fp16: float16 autocast with a gradient scaler (CUDA only; for GPUs without bf16); auto: bf16 on CUDA, off on CPU
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
 ChannelsLast = Literal["auto", "on", "off"]
 # Flip test-time augmentation in the final test evaluation; auto: used when it raises the
 # validation accuracy of the best weights (cnnlab.run.finish_run measures both).
@@ -49,6 +54,8 @@ InitName = Literal["kaiming", "xavier", "normal", "torch"]
 # How a classifier head turns the last feature map into a vector: global average pool (any
 # input size) or flatten (keeps where a feature is; fixed to the input size the model was built for).
 HeadName = Literal["gap", "max", "flatten"]
+# Experiment trackers a run can log to (train.track: NAME or NAME:URI; cnnlab.train.track logs).
+TrackerName = Literal["mlflow"]
 
 
 def choices(literal: Any) -> tuple[Any, ...]:
@@ -329,6 +336,26 @@ def check_model_options(options: Mapping[str, Any], where: str = "model.options"
             raise UsageError(f"{where}: '{key}' cannot be set as a model option: {RESERVED_MODEL_OPTIONS[key]}")
 
 
+def track_target(spec: str) -> tuple[str, str | None]:
+    """``"mlflow"`` -> ``("mlflow", None)``; ``"mlflow:http://host:5000"`` -> ``("mlflow", "http://host:5000")``.
+
+    Raises:
+        UsageError: not a :data:`TrackerName`, alone or followed by ``:URI``; a URI with a
+            password in it (it would be written to config.yaml).
+    """
+    from urllib.parse import urlsplit
+
+    name, colon, uri = str(spec).partition(":")
+    allowed = choices(TrackerName)
+    if name.strip().lower() not in allowed or (colon and not uri.strip()):
+        raise UsageError(f"train.track (--track) must be {' or '.join(f'{a} or {a}:URI' for a in allowed)}, got {spec!r}, "
+                         "e.g. mlflow:http://127.0.0.1:5000")  # fmt: skip
+    if urlsplit(uri.strip()).password is not None:
+        raise UsageError("train.track (--track): the URI holds a password, which config.yaml would keep; "
+                         "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")  # fmt: skip
+    return name.strip().lower(), uri.strip() or None
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images come from and how they are split, resized and augmented."""
@@ -351,6 +378,8 @@ class DataConfig:
     # A CSV source may list files outside its own folder (../, absolute paths); off, so that a
     # CSV from elsewhere cannot make cnnlab read arbitrary files.
     allow_outside_root: bool = False
+    # A store path as --data: its images in memory or streamed (LoaderMode); other sources are always in memory.
+    loader: LoaderMode = "auto"
 
     def __post_init__(self) -> None:
         _check_choices(self, "data")
@@ -367,7 +396,7 @@ class DataConfig:
 class ModelConfig:
     """Which architecture, and the options that override its defaults (``None`` keeps them)."""
 
-    name: str = "resnet9s"  # a registered model (`cnnlab models`); the default is the fastest to a good accuracy on a CPU (docs/models.md)
+    name: str = "resnet9s"  # a registered model (`cnnlab models`) or FILE.py:FACTORY / MODULE:FACTORY (cnnlab.models.user); the default is the fastest to a good accuracy on a CPU (docs/models.md)
     norm: str | None = None  # a NormName, group:G with a group count
     act: str | None = None  # an Activation (checked by the model, which may accept others)
     dropout: float | None = _num(None, Range(lo=0, hi=1, hi_open=True))  # head dropout probability
@@ -425,7 +454,13 @@ class TrainConfig:
     """How long and how to train, and what the run folder gets."""
 
     epochs: int = _num(5, Range(integer=True, lo=1, hi=100_000))  # with the default model: 93.25% in 4.9 min on Fashion-MNIST, 2 CPU cores
-    batch_size: int = _num(128, Range(integer=True, lo=1, hi=INT_MAX))  # per process
+    # train this many optimizer steps instead of whole epochs: ceil(steps / steps per epoch) epochs, the
+    # last one ending part way, the schedule spanning them (the recipe's final run is planned in steps)
+    steps: int | None = _num(None, Range(integer=True, lo=1, hi=INT_MAX))
+    batch_size: int = _num(128, Range(integer=True, lo=1, hi=INT_MAX))  # per process (per micro-batch with accumulate)
+    # gradient accumulation: each optimizer step averages the gradients of this many micro-batches of
+    # batch_size, as one batch of batch_size x accumulate would (optim.lr is for that batch; cnnlab.train.loop)
+    accumulate: int = _num(1, Range(integer=True, lo=1, hi=4096))
     eval_batch_size: int = _num(512, Range(integer=True, lo=1, hi=INT_MAX))
     seed: int = _num(0, Range(integer=True, lo=0, hi=SEED_MAX))
     label_smoothing: float = _num(0.1, Range(lo=0, hi=1, hi_open=True))
@@ -450,10 +485,18 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     checkpoint_minutes: float = _num(10.0, Range(lo=0))  # also checkpoint mid-epoch this often (0: only at epoch ends)
     tta: TtaMode = "off"  # flip test-time augmentation in the final test evaluation: off | on | auto (chosen on validation)
+    # also log the run to an experiment tracker: mlflow (URI from MLFLOW_TRACKING_URI) or mlflow:URI (cnnlab.train.track)
+    track: str | None = None
+    track_register: str | None = None  # register the tested best weights as a new version of this tracker model name
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
         _check_ranges(self, "train")
+        if self.track is not None:
+            track_target(self.track)
+        if self.track_register is not None and (self.track is None or not self.track_register.strip()):
+            raise UsageError("train.track_register (--track-register NAME) needs a model name and train.track "
+                             "(--track mlflow[:URI]) to register it with")  # fmt: skip
 
 
 # Values that older run folders and checkpoints (and YAML 1.1's on/off) hold for a field that

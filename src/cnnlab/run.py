@@ -11,6 +11,7 @@ the one that fits, evaluates the best weights on the test split once and leaves
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -27,18 +28,22 @@ import torch.distributed as dist
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.config import RunConfig, from_dict, merge, to_dict
 from cnnlab.data.sources import Splits, load_splits
+from cnnlab.data.store import is_store
 from cnnlab.errors import CnnlabError, TrainingDiverged, UsageError
 from cnnlab.io import folder_lock
 from cnnlab.models import create_model
 from cnnlab.models.backbones import is_backbone_name
 from cnnlab.models.init import init_classifier_bias
 from cnnlab.models.transfer import build_transfer_model
+from cnnlab.models.user import display_name, prior_bias_target, resumed_user_code, user_code_copy
 from cnnlab.runfolder import RunFolder
+from cnnlab.train.deadline import Deadline
 from cnnlab.train.fit import History, fit, model_label, seed_everything, validation_images
 from cnnlab.train.loaders import eval_loader
 from cnnlab.train.loop import EvalResult, evaluate
 from cnnlab.train.progress import PassProgress
 from cnnlab.train.runtime import Runtime, resolve_runtime
+from cnnlab.train.track import MlflowTracker, check_tracking
 from cnnlab.transfer.finetune import fit_transfer
 
 log = logging.getLogger(__name__)
@@ -49,12 +54,16 @@ TEST = "test"  # the split whose predictions finish_run saves
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     """``runs/<model>-<data>-<YYYYmmdd-HHMMSS>``."""
     data = Path(cfg.data.source.split(":")[0]).name or "data"
-    model = "transfer" if cfg.transfer.backbone else cfg.model.name  # a --backbone run does not train cfg.model.name
+    # a --backbone run does not train cfg.model.name; user code is named by file and factory, without its path
+    model = "transfer" if cfg.transfer.backbone else display_name(cfg.model.name)
     return Path(root) / f"{model.replace(':', '-')}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def load_data(cfg: RunConfig) -> Splits:
     """The splits a run trains on (the training subset applied)."""
+    if cfg.data.loader == "stream" and not is_store(cfg.data.source):
+        raise UsageError(f"--loader stream reads a prepared store, and {cfg.data.source} is not one; write it once with "
+                         f"`cnnlab data prepare {cfg.data.source} --out STORE` and train with --data STORE")  # fmt: skip
     return load_splits(cfg.data, train_subset=cfg.train.train_subset, subset_seed=cfg.train.seed)
 
 
@@ -83,15 +92,15 @@ def build_model(cfg: RunConfig, splits: Splits) -> torch.nn.Module:
         model = create_model(
             cfg.model.name, num_classes=len(splits.classes), in_chans=c, input_size=h, **cfg.model.factory_options()
         )
-    if cfg.model.prior_bias:
-        init_classifier_bias(model, splits.train.class_counts() + 1)
+    if cfg.model.prior_bias and (target := prior_bias_target(model)) is not None:
+        init_classifier_bias(target, splits.train.class_counts() + 1)
     return model
 
 
-# Settings that `--resume` may change: where the run computes and how often it saves do not
-# change what it computes. Everything else (the data, the model, the learning rate, the
-# number of epochs, which the schedule spans) would make the resumed run a different one.
-RESUME_CHANGEABLE = ("train.device", "train.checkpoint_minutes")
+# Settings that `--resume` may change: where the run computes, how often it saves and where it
+# is tracked do not change what it computes. Everything else (the data, the model, the learning
+# rate, the number of epochs, which the schedule spans) would make the resumed run a different one.
+RESUME_CHANGEABLE = ("train.device", "train.checkpoint_minutes", "train.track", "train.track_register")
 
 # How many skipped data files a run names in its log (the full list goes to skipped.txt).
 SKIPPED_SHOWN = 3
@@ -265,6 +274,7 @@ def run_training(
     on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
     verbose: bool = True,
     evaluate_test: bool = True,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
     """Train, validate and test; write the run folder; return the summary.
 
@@ -283,6 +293,8 @@ def run_training(
         verbose: print epoch lines and the test result.
         evaluate_test: evaluate the best weights on the test split at the end (a search
             trial does not: it is chosen by validation accuracy, the test split stays unseen).
+        deadline: a new run's total steps are set after its first epoch to end by then
+            (:mod:`cnnlab.train.deadline`; not for transfer runs or a resume).
 
     Returns:
         The contents of ``summary.json``.
@@ -300,7 +312,10 @@ def run_training(
         with _filesystem_errors(folder), folder_lock(folder.path, "run") if main else contextlib.nullcontext():
             cfg, _, state = _resume_state(resume)
             cfg = _apply_changes(cfg, changes)
-            runtime, splits, model = _prepare(cfg, runtime)
+            if main:
+                check_tracking(cfg, folder)  # no URI or no mlflow: refused before the data is loaded
+            with resumed_user_code(cfg.model.name, state["model_args"] if state else None, folder.path):
+                runtime, splits, model = _prepare(cfg, runtime)  # user code: only as --model or --trust-code allow
             if state is not None and state["data"]["fingerprint"] != splits.fingerprint:
                 raise CnnlabError(f"the data of {cfg.data.source} changed since the run in {folder.path} started; "
                                   "it cannot resume exactly")  # fmt: skip
@@ -310,6 +325,8 @@ def run_training(
     if cfg is None:
         raise ValueError("run_training needs a config or a run to resume")
     folder = new_run_folder(cfg, run_dir) if main else RunFolder(run_dir if run_dir is not None else default_run_dir(cfg))
+    if main:
+        check_tracking(cfg)  # no URI or no mlflow: refused before any work
     # Data and model before the folder exists: wrong data, a wrong --backbone or a batch larger
     # than the data leave nothing behind, so the corrected command can use the same --out.
     runtime, splits, model = _prepare(cfg, runtime)
@@ -317,8 +334,10 @@ def run_training(
         if main:
             folder.check_new()  # again, under the lock: another process may have started a run here meanwhile
             folder.write_config(cfg)  # from now on the folder can be resumed, even before a checkpoint
+            if (code := user_code_copy(model)) is not None:  # the code a user model was built from (--trust-code)
+                folder.write_code(*code)
             _report_skipped(folder, splits)
-        return _train(cfg, folder, splits, model, None, runtime, on_epoch_end, verbose, evaluate_test)
+        return _train(cfg, folder, splits, model, None, runtime, on_epoch_end, verbose, evaluate_test, deadline)
 
 
 def _prepare(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, Splits, torch.nn.Module]:
@@ -335,9 +354,11 @@ def _prepare(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, Splits, 
     splits = load_data(cfg)
     check_classes(splits)
     per_process = -(-len(splits.train) // runtime.world_size)
-    if per_process < cfg.train.batch_size:  # the loader would refuse it too, but only once the run folder exists
+    step_batch = cfg.train.batch_size * cfg.train.accumulate  # the images of one optimizer step
+    if per_process < step_batch:  # the loader would refuse it too, but only once the run folder exists
+        accumulate = f" x --accumulate {cfg.train.accumulate}" if cfg.train.accumulate > 1 else ""
         raise UsageError(f"the training split has {per_process} image(s) per process, fewer than one batch of "
-                         f"{cfg.train.batch_size}; lower --batch-size")  # fmt: skip
+                         f"{step_batch}; lower --batch-size{accumulate}")  # fmt: skip
     model = build_model(cfg, splits)
     if runtime.is_main:
         log.info("%s", header_line(cfg, model, splits, runtime))
@@ -364,16 +385,33 @@ def header_line(cfg: RunConfig, model: torch.nn.Module, splits: Splits, runtime:
 def _train(
     cfg: RunConfig, folder: RunFolder, splits: Splits, model: torch.nn.Module, state: dict[str, Any] | None,
     runtime: Runtime, on_epoch_end: Callable[[dict[str, Any]], bool | None] | None, verbose: bool, evaluate_test: bool,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Fit the model (from ``state`` when resuming) and finish the run (the folder is locked)."""
+    """Fit the model (from ``state`` when resuming) and finish the run (the folder is locked).
+
+    With ``train.track`` the main process also logs the run to the tracker
+    (:mod:`cnnlab.train.track`): each epoch before the caller's ``on_epoch_end``, the results
+    and the folder's pictures at the end; a tracker that fails only warns.
+    """
     start = time.perf_counter()
-    fit_fn = fit_transfer if is_transfer_run(cfg) else fit
-    history = fit_fn(model, splits, cfg, runtime=runtime, run_dir=folder.path, resume=state, on_epoch_end=on_epoch_end,
-                     verbose=verbose)  # fmt: skip
-    if history.stopped == "interrupted":
-        raise KeyboardInterrupt
-    return finish_run(model, splits, cfg, history, folder.path, runtime, wall_seconds=time.perf_counter() - start,
-                      evaluate_test=evaluate_test, verbose=verbose)  # fmt: skip
+    tracker = MlflowTracker.start(cfg, folder) if runtime.is_main else None
+    if tracker is not None:
+        on_epoch_end = tracker.chain(on_epoch_end)
+    fit_fn = fit_transfer if is_transfer_run(cfg) else functools.partial(fit, deadline=deadline)
+    try:
+        history = fit_fn(model, splits, cfg, runtime=runtime, run_dir=folder.path, resume=state, on_epoch_end=on_epoch_end,
+                         verbose=verbose)  # fmt: skip
+        if history.stopped == "interrupted":
+            raise KeyboardInterrupt
+        summary = finish_run(model, splits, cfg, history, folder.path, runtime, wall_seconds=time.perf_counter() - start,
+                             evaluate_test=evaluate_test, verbose=verbose)  # fmt: skip
+    except BaseException as exc:  # the tracker's run ends KILLED (resumable) or FAILED; the error goes on
+        if tracker is not None:
+            tracker.end(exc)
+        raise
+    if tracker is not None:
+        tracker.finish(summary, model, splits.image_shape)
+    return summary
 
 
 def finish_run(

@@ -12,6 +12,8 @@ A run folder is the interface between training and everything that reads results
     summary.json             the final result, test accuracy included; its presence means "finished"
     predictions-<split>.npz  logits and labels of one split, when a caller saved them
     skipped.txt              the data files the run could not use (path and reason), when there were any
+    code/<file>.py           a copy of the user code the model was built from (--model file.py:factory)
+    tracking.json            the experiment tracker's run this run logs to (--track), so --resume continues it
     .cnnlab.lock             held by the process writing the folder (cnnlab.io.folder_lock)
 
 A new run starts only in a new or empty folder (:meth:`RunFolder.check_new`): a run folder
@@ -34,7 +36,7 @@ import numpy as np
 
 from cnnlab.config import RunConfig, dump_yaml, from_dict, load_yaml
 from cnnlab.errors import CnnlabError, UsageError
-from cnnlab.io import LOCK_NAME, atomic_path, atomic_write_json, atomic_write_text, json_dumps
+from cnnlab.io import LOCK_NAME, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, json_dumps
 
 
 class RunFolder:
@@ -51,6 +53,8 @@ class RunFolder:
     LAST = "last.pt"
     BEST = "best.pt"
     SKIPPED = "skipped.txt"
+    CODE = "code"  # copies of the user code a model was built from (cnnlab.models.user)
+    TRACKING = "tracking.json"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -90,6 +94,10 @@ class RunFolder:
     @property
     def skipped_path(self) -> Path:
         return self.path / self.SKIPPED
+
+    @property
+    def tracking_path(self) -> Path:
+        return self.path / self.TRACKING
 
     def predictions_path(self, split: str) -> Path:
         """The file holding one split's saved logits and labels (``predictions-<split>.npz``)."""
@@ -193,6 +201,20 @@ class RunFolder:
             raise CnnlabError(f"{self.metrics_path} must hold one JSON object per line; was it written by cnnlab?")
         return records
 
+    # ------------------------------------------------------------------ user code
+
+    def write_code(self, name: str, source: bytes) -> Path:
+        """Keep a copy of the user code the run's model was built from, as ``code/<name>``.
+
+        The bytes are those that ran (``cnnlab.models.user``), so ``--trust-code`` can check them
+        against the sha256 the checkpoints record.
+        """
+        if not name or Path(name).name != name:
+            raise ValueError(f"a code copy's name is a plain file name, got {name!r}")
+        path = self.path / self.CODE / name
+        atomic_write_bytes(path, source)
+        return path
+
     # ------------------------------------------------------------------ skipped files
 
     def write_skipped(self, skipped: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> None:
@@ -202,6 +224,22 @@ class RunFolder:
             return " ".join(str(value).encode("utf-8", "backslashreplace").decode("utf-8").split("\n"))
 
         atomic_write_text(self.skipped_path, "".join(f"{text(path)}\t{text(reason)}\n" for path, reason in skipped))
+
+    # ------------------------------------------------------------------ experiment tracking
+
+    def write_tracking(self, info: dict[str, Any]) -> None:
+        """Record the tracker's run (``{"tracker", "uri", "experiment_id", "run_id"}``) as ``tracking.json``."""
+        atomic_write_json(self.tracking_path, info)
+
+    def read_tracking(self) -> dict[str, Any] | None:
+        """The tracker's run this run logs to, or ``None`` when it was not tracked yet.
+
+        Read by the tracker, to continue the same tracker run on ``--resume``.
+
+        Raises:
+            CnnlabError: ``tracking.json`` exists but is not a JSON object.
+        """
+        return _read_json_object(self.tracking_path)
 
     # ------------------------------------------------------------------ summary
 
@@ -215,19 +253,7 @@ class RunFolder:
         Raises:
             CnnlabError: ``summary.json`` exists but is not a JSON object.
         """
-        try:
-            text = self.summary_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CnnlabError(f"cannot read {self.summary_path}: {exc.strerror or exc}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CnnlabError(f"{self.summary_path} is not JSON ({exc}); was it written by cnnlab?") from None
-        if not isinstance(data, dict):
-            raise CnnlabError(f"{self.summary_path} must hold a JSON object")
-        return data
+        return _read_json_object(self.summary_path)
 
     # ------------------------------------------------------------------ predictions
 
@@ -254,3 +280,24 @@ class RunFolder:
                 return npz["logits"], npz["labels"]
         except (OSError, ValueError, KeyError) as exc:
             raise CnnlabError(f"{path} is not a cnnlab predictions file ({exc}); delete it to write it again") from None
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """A run-folder JSON file that holds one object; None when it does not exist.
+
+    Raises:
+        CnnlabError: it cannot be read, is not JSON, or holds something other than an object.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CnnlabError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CnnlabError(f"{path} is not JSON ({exc}); was it written by cnnlab?") from None
+    if not isinstance(data, dict):
+        raise CnnlabError(f"{path} must hold a JSON object")
+    return data

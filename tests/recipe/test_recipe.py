@@ -16,7 +16,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.recipe.diagnose import Suggestion
 from cnnlab.recipe.recipe import RecipeOptions, RecipeState, rewrite_report, run_recipe
 from cnnlab.recipe.search import SearchSpace
+from cnnlab.recipe.planner import SATURATION_EPOCHS
 from cnnlab.recipe.steps import RECIPE_STEPS
+from cnnlab.runfolder import RunFolder
 
 pytest.importorskip("optuna", reason="the recipe needs optuna (pip install 'cnnlab[recipe]')")
 
@@ -273,9 +275,12 @@ def test_final_epochs_come_from_the_final_models_measured_speed(tmp_path: Path) 
     left = max(plan.budget_seconds - plan.elapsed_seconds, 0.0)
     fits = int(max(left - plan.fixed_seconds, 0.0) // plan.final_epoch_seconds)
     assert plan.final_epochs == min(fits, MAX_EPOCHS)  # the whole epochs of its measured speed that fit
-    assert result.epochs == max(plan.final_epochs, 1) and plan.final_seconds <= left  # planned inside the budget
-    assert load_run_config(tmp_path / BEST_YAML).train.epochs == result.epochs  # not the base config's 1000
-    assert load_run_config(tmp_path / "final" / "config.yaml").train.epochs == result.epochs
+    assert 1 <= result.epochs <= max(plan.final_epochs, 1) and plan.final_seconds <= left  # planned inside the budget
+    # the final run's first epoch then re-planned its steps to end by the budget's end (5 s left, the report's
+    # seconds kept: it stops there); best.yaml reproduces what it trained, not the base config's 1000 epochs
+    best, final_cfg = load_run_config(tmp_path / BEST_YAML), load_run_config(tmp_path / "final" / "config.yaml")
+    assert best == final_cfg and best.train.epochs == max(plan.final_epochs, 1)
+    assert len(RunFolder(tmp_path / "final").read_metrics()) == result.epochs
     assert step.from_dict(json.loads(json.dumps(step.to_dict(result)))).plan == plan  # recipe.json keeps the plan
     (tmp_path / "figs").mkdir()
     html = step.report_section([("final", result)], ReportContext(tmp_path, tmp_path / "figs", state, ctx.records))
@@ -309,6 +314,10 @@ def test_a_plan_that_skips_the_search_trains_the_starting_configuration(tmp_path
     final = ctx.records.get("final")
     assert ctx.records.get("chosen").value is None and final.test_acc is not None
     # the final model is the configuration the plan timed: its measurement is used again
-    assert final.plan.final_epoch_seconds == plan.final_epoch_seconds and final.epochs <= 9
+    assert final.plan.final_epoch_seconds == plan.final_epoch_seconds
+    # then its first epoch's real pace (this tiny model is far faster than the constructed 60 s) re-planned its
+    # steps, up to the saturation epochs; best.yaml holds the steps it trained and the warmup that made it exact
+    assert best.train.steps is not None and best.schedule.warmup_epochs == pytest.approx(0.25 * 9)
+    assert final.epochs == len(RunFolder(tmp_path / "final").read_metrics()) == SATURATION_EPOCHS
     html = rewrite_report(tmp_path).read_text()
     assert "search skipped" in html and "the starting configuration" in html and "must beat" in html

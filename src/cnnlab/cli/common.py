@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from cnnlab.config import INT_MAX, SEED_MAX, Range, field_range
@@ -147,6 +149,41 @@ def add_data_args(parser: argparse.ArgumentParser, *, positional: bool = False, 
             if action.nargs != 0:  # not the switches
                 action.help = re.sub(r" \(default: [^)]*\)", "", action.help or "")  # the run's, not a new run's
                 action.stated_default = "the run's own"  # type: ignore[attr-defined]
+
+
+USER_CODE_HELP = (
+    "FILE.py:FACTORY or MODULE:FACTORY, your own model code: FACTORY(num_classes, in_chans, **options) returns "
+    "an nn.Module (docs/models.md, 'Your own model')"
+)
+TRUST_CODE_HELP = (
+    "run the copy of your model's code that the run folder keeps (RUN/code/), after checking it against the "
+    "sha256 the checkpoint records; only for run folders you trust (otherwise name the code with --model)"
+)
+
+
+def add_user_code_args(parser: argparse.ArgumentParser) -> None:
+    """``--model SPEC`` and ``--trust-code`` for a command that reads a saved model (eval, predict, export).
+
+    A model trained from the user's own code is rebuilt only with code the user names again, or
+    with the copy its run folder keeps when the user trusts it (:mod:`cnnlab.models.user`): a
+    checkpoint alone never runs code. Call after ``set_defaults(func=...)``: the handler then
+    runs inside that permission.
+    """
+    group = parser.add_argument_group("a model of your own code")
+    group.add_argument("--model", metavar="SPEC", help=f"the code the model was trained from, {USER_CODE_HELP}; "
+                       "needed (or --trust-code) to load such a model, wherever the file is now")  # fmt: skip
+    group.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
+    handler = parser.get_default("func")
+    if handler is not None:
+        parser.set_defaults(func=functools.partial(run_with_user_code, handler))
+
+
+def run_with_user_code(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command's handler with the user code its ``--model SPEC`` / ``--trust-code`` allow."""
+    from cnnlab.models.user import allow_user_code
+
+    with allow_user_code(getattr(args, "model", None), trust_copies=bool(getattr(args, "trust_code", False))):
+        return handler(args)
 
 
 def console() -> Any:  # rich.console.Console, imported lazily

@@ -20,7 +20,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="split sizes, image shape, classes and class balance",
                           description="Print split sizes, image shape, classes and the images per class in each split.")
     add_data_args(info, positional=True)
+    info.add_argument("--loader", choices=("auto", "memory", "stream"), default=None,
+                      help="for a store: the loader to describe (default: the config's, auto)")
     info.set_defaults(func=_info)
+
+    prepare = sub.add_parser(
+        "prepare", help="write a store once (sharded, for data larger than memory)",
+        description="Read an image folder, a CSV file or a built-in dataset once and write it into a store: MDS shards "
+        "(MosaicML streaming) of the images at their own aspect ratio, with the class names, the splits and "
+        "each image's pixel sums. Any command then takes the store as --data; training decodes it into memory "
+        "or streams it batch by batch (--loader). Files that cannot be read are skipped and listed. An interrupted "
+        "prepare continues where it stopped when the same command is run again.",
+    )
+    prepare.add_argument("source", metavar="SRC", help="an image folder (<class>/ or train|val|test/<class>/), a CSV file of "
+                         "path,label[,split] rows, or a built-in dataset name (fashion-mnist, cifar10, synthetic:...)")
+    prepare.add_argument("--out", "-o", required=True, metavar="STORE",
+                         help="the store folder: new or empty (or an interrupted prepare of the same SRC, to continue it)")
+    prepare.add_argument("--max-side", default="256", type=_max_side, metavar="PX|native",
+                         help="shrink images whose longer side exceeds PX to PX (keeping the aspect ratio); native keeps "
+                         "every image at its own size; 256 is enough for 224 px crops, at a fraction of the bytes (default: 256)")
+    prepare.add_argument("--format", default="jpeg", choices=("jpeg", "png", "raw"),
+                         help="how pixels are stored: jpeg (quality 90; JPEG files kept as they are with --max-side native), "
+                         "png (lossless, larger, slower to decode) or raw (uint8, no decoding, largest) (default: jpeg)")
+    prepare.set_defaults(func=_prepare)
 
     stats = sub.add_parser("stats", help="exact per-channel mean/std of the training split",
                            description="Print the per-channel mean and std of the training split (in [0, 1] units), "
@@ -58,10 +80,24 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 def _info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    splits = _load(args)
+    from cnnlab.data.sources import load_splits
+    from cnnlab.data.store import choose_loader, describe, is_store, open_store
+
     out = console()
+    loader_line = None
+    if is_store(args.data):
+        store = open_store(args.data)
+        mode, why = choose_loader(store, data_config(args, loader=args.loader))
+        out.print(describe(store), markup=False)
+        loader_line = f"loader: {mode} ({why})"
+        splits = load_splits(data_config(args, loader="stream"))  # the counts, without decoding anything
+        report_skipped(splits.skipped)
+    else:
+        splits = _load(args)
     c, h, w = splits.image_shape
     out.print(f"[bold]{splits.name}[/]: {len(splits.classes)} classes, images {c}x{h}x{w} (C x H x W), uint8")
+    if loader_line:
+        out.print(loader_line, markup=False)
     table = Table("class", "train", "val", "test")
     counts = [splits.split(s).class_counts() for s in ("train", "val", "test")]
     for i, name in enumerate(splits.classes):
@@ -120,3 +156,50 @@ def _show(args: argparse.Namespace) -> int:
         raise write_error(output, exc) from None
     print(f"wrote {path}")
     return 0
+
+
+def _max_side(text: str) -> int | None:
+    """``--max-side``: a size in px (16 or more), or ``native`` (None)."""
+    if text.strip().lower() == "native":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"expected a size in px (16 or more) or native, got {text!r}")
+    return value
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from cnnlab.data.decode import readable
+    from cnnlab.data.images import _human
+    from cnnlab.data.sources import load_raw
+    from cnnlab.data.store import plan_arrays, plan_folder, prepare_store
+
+    start = time.perf_counter()
+    path = Path(args.source).expanduser()
+    if path.exists():
+        items, classes, channels, skipped = plan_folder(path)
+        fingerprint = ""
+    else:  # a built-in dataset: its splits as they come (held-out splits are made when the store is loaded)
+        raw = load_raw(data_config(argparse.Namespace(**{**_NO_DATA_FLAGS, "data": args.source})))
+        flat = raw.val is None and raw.test is None
+        parts = [(-1 if flat else 0, raw.train)] + [(i, s) for i, s in ((1, raw.val), (2, raw.test)) if s is not None]
+        items, classes, channels = plan_arrays(parts)
+        fingerprint, skipped = raw.fingerprint, list(raw.skipped)
+    meta = prepare_store(items, classes, channels, args.out, max_side=args.max_side, fmt=args.format,
+                         source=readable(str(args.source)), fingerprint=fingerprint, skipped=skipped)  # fmt: skip
+    report_skipped(tuple((str(a), str(b)) for a, b in meta["skipped"]))
+    splits = ", ".join(f"{n:,} {k}" for k, n in meta["splits"].items() if n and k != "all") or "no split folders"
+    print(f"wrote the store {args.out}: {meta['count']:,} images ({splits}), {len(classes)} classes, "
+          f"{_human(meta['bytes'])} of {meta['format']} in {time.perf_counter() - start:.1f}s")  # fmt: skip
+    return 0
+
+
+# The data flags `data prepare` does not take, as "not given" (data_config reads them).
+_NO_DATA_FLAGS = {"data_root": None, "val_split": None, "test_split": None, "split_seed": None, "image_size": None,
+                  "channels": None, "no_download": False, "allow_outside_root": False, "normalize": None}  # fmt: skip

@@ -23,11 +23,13 @@ COMMANDS: tuple[str, ...] = (
     "models",
     "train",
     "use",
+    "explain",
     "check",
     "lrfind",
     "search",
     "diagnose",
     "recipe",
+    "dashboard",
     "lab",
 )
 

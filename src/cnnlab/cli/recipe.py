@@ -39,6 +39,7 @@ and report.html (one self-contained page with every step's evidence)."""
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from cnnlab.cli.common import add_quiet, config_number, number
+    from cnnlab.cli.dashboard import add_dashboard_flag
     from cnnlab.cli.train import add_run_args
     from cnnlab.config import TrainConfig
 
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Optuna storage, e.g. postgresql://user@host/db (default: a journal file in the folder; env "
                    "CNNLAB_STORAGE). recipe.json keeps it with the password masked: give it again with --resume")  # fmt: skip
     r.add_argument("--keep-going", action="store_true", help="search even when the check or the overfit test fails")
+    add_dashboard_flag(r, "recipe")
     add_quiet(r, "each step's result and the report's path")
     add_run_args(parser)
     parser.epilog = EPILOG
@@ -78,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> int:
+    from cnnlab.cli.dashboard import live_dashboard
     from cnnlab.recipe.recipe import run_recipe
 
     if args.report:
@@ -90,8 +93,9 @@ def _recipe(args: argparse.Namespace) -> int:
     else:
         cfg, options, out = _new_recipe(args)
     try:
-        result = run_recipe(cfg, out, options, resume=bool(args.resume), verbose=not args.quiet,
-                            storage=args.storage if args.resume else None)  # fmt: skip
+        with live_dashboard(args.dashboard, "recipe", lambda: _dashboard_source(args, out, options)):
+            result = run_recipe(cfg, out, options, resume=bool(args.resume), verbose=not args.quiet,
+                                storage=args.storage if args.resume else None)  # fmt: skip
     except KeyboardInterrupt:
         # One line, with the command that continues: every finished step (and trial) is saved.
         if (out / "recipe.json").is_file():
@@ -126,3 +130,12 @@ def _new_recipe(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     )  # fmt: skip
     out = Path(args.out) if args.out else default_run_dir(cfg).with_name("recipe-" + default_run_dir(cfg).name)
     return cfg, options, out
+
+
+def _dashboard_source(args: argparse.Namespace, out: Path, options: Any) -> Any:
+    """The studies --dashboard shows: a new recipe's storage, else where recipe.json (or --storage) says."""
+    from cnnlab.recipe.dashboard import find_source, recipe_source
+
+    if args.resume:
+        return find_source(str(out), storage=args.storage)
+    return recipe_source(out, options.storage)

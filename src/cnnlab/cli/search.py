@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from cnnlab.cli.common import SEED, add_quiet, config_number, number, parse_duration
+from cnnlab.cli.dashboard import add_dashboard_flag, live_dashboard
 from cnnlab.cli.parser import add_old_name
 from cnnlab.cli.train import add_run_args, run_overrides
 from cnnlab import config as c
@@ -79,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--study", metavar="NAME", help="study name (default cnnlab-<stage>-<out folder name>)")
     s.add_argument("--join", metavar="STUDY", help="add this process as a worker to a running study in --storage (needs nothing else)")
     s.add_argument("--out", metavar="DIR", help="search folder (default runs/search-<stage>-<time>; with --from: DIR-refine)")
+    add_dashboard_flag(s, "search")
     quiet = add_quiet(s, "the table of trials and the best one")
     add_old_name(s, "--verbose", quiet, value=False,
                  note="is deprecated and goes in the next release: every trial's epoch lines show by default now (--quiet hides them)")
@@ -162,6 +164,7 @@ def _own(args: argparse.Namespace) -> int:
     """A search this process owns (not --join): set the study up, work on it, print the table."""
     from pathlib import Path
 
+    from cnnlab.recipe.dashboard import search_source
     from cnnlab.recipe.search import load_search, refine_space, run_search
 
     base, refined, origin = None, None, None
@@ -174,10 +177,11 @@ def _own(args: argparse.Namespace) -> int:
     cfg = _base_config(args, base)
     space = _space(args, cfg, refined)
     out = args.out or _default_out(args)
-    result = run_search(cfg, space, stage=args.stage, out_dir=out, study_name=args.study, storage=_storage(args),
-                        n_trials=args.trials, timeout=parse_duration(args.budget), epochs=args.epochs,
-                        sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.sampler_seed,
-                        verbose=not args.quiet, heartbeat=args.heartbeat, origin=origin)  # fmt: skip
+    with live_dashboard(args.dashboard, "search", lambda: search_source(out, _storage(args))):
+        result = run_search(cfg, space, stage=args.stage, out_dir=out, study_name=args.study, storage=_storage(args),
+                            n_trials=args.trials, timeout=parse_duration(args.budget), epochs=args.epochs,
+                            sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.sampler_seed,
+                            verbose=not args.quiet, heartbeat=args.heartbeat, origin=origin)  # fmt: skip
     _print_result(result)  # the result: printed under --quiet too
     return 0
 
@@ -199,12 +203,14 @@ def _default_out(args: argparse.Namespace) -> str:
 
 def _join(args: argparse.Namespace) -> int:
     from cnnlab.errors import CnnlabError
+    from cnnlab.recipe.dashboard import search_source
     from cnnlab.recipe.search import join_search
 
     storage = _storage(args)
     if not storage:
         raise CnnlabError("--join needs --storage URL (the study's database or journal file), or env CNNLAB_STORAGE")
-    result = join_search(args.join, storage, out_dir=args.out, seed=args.sampler_seed or None, verbose=not args.quiet)
+    with live_dashboard(args.dashboard, "search", lambda: search_source(args.out, storage)):
+        result = join_search(args.join, storage, out_dir=args.out, seed=args.sampler_seed or None, verbose=not args.quiet)
     _print_result(result)
     return 0
 

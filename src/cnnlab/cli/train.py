@@ -50,8 +50,13 @@ def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None
     add_data_args(parser)
     own = "(default: the model's own)"
     _Flags(parser, parser, only)("--augment", field=(c.DataConfig, "augment"), metavar="SPEC", help="batched augmentation, e.g. flip,crop:4,cutout:8 or standard (see below)")
+    _Flags(parser, parser, only)("--loader", field=(c.DataConfig, "loader"), choices=c.choices(c.LoaderMode),
+                                 help="a store as --data (`cnnlab data prepare`): decode it into memory, stream it batch by batch, "
+                                      "or auto: in memory when it fits half the free device memory (`cnnlab data info STORE` says which)")  # fmt: skip
     m = _Flags(parser, parser.add_argument_group("model"), only)
-    m("--model", field=(c.ModelConfig, "name"), metavar="NAME", help="a registered model (`cnnlab models`)")
+    m("--model", field=(c.ModelConfig, "name"), metavar="NAME",
+      help="a registered model (`cnnlab models`), or your own code: FILE.py:FACTORY or MODULE:FACTORY, where "
+           "FACTORY(num_classes, in_chans, **options) returns an nn.Module (docs/models.md, 'Your own model')")  # fmt: skip
     m("--norm", metavar="NORM", help=f"{' | '.join(c.choices(c.NormName))}; group:G sets the group count {own}")
     m("--act", type=str.lower, choices=c.choices(c.Activation), help=own)
     m("--dropout", field=(c.ModelConfig, "dropout"), metavar="P", help=f"dropout probability in the head {own}")
@@ -68,7 +73,13 @@ def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None
     o("--warmup", field=(c.ScheduleConfig, "warmup_epochs"), metavar="EPOCHS", help="linear warmup epochs")
     t = _Flags(parser, parser.add_argument_group("training"), only)
     t("--epochs", field=(c.TrainConfig, "epochs"))
-    t("--batch-size", field=(c.TrainConfig, "batch_size"))
+    t("--steps", field=(c.TrainConfig, "steps"), metavar="N",
+      help="train N optimizer steps instead of whole --epochs (the last epoch ends part way; the schedule spans the N)")
+    t("--batch-size", field=(c.TrainConfig, "batch_size"), help="images per forward pass and process (with --accumulate: "
+      "per micro-batch)")
+    t("--accumulate", field=(c.TrainConfig, "accumulate"), metavar="N",
+      help="gradient accumulation: one optimizer step per N micro-batches of --batch-size, the same update as one "
+           "batch N times larger (--lr is for that batch) in the memory of one micro-batch")  # fmt: skip
     t("--seed", field=(c.TrainConfig, "seed"))
     t("--label-smoothing", field=(c.TrainConfig, "label_smoothing"))
     t("--mixup", field=(c.TrainConfig, "mixup"), metavar="ALPHA", help="mix image pairs and their labels, weight ~ Beta(ALPHA, ALPHA), e.g. 0.2; 0 is off")
@@ -85,7 +96,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None
       help="validate each epoch on a stratified subset of N validation images, chosen by --seed: quicker short runs; "
            "the test split stays whole (default: all)")  # fmt: skip
     t("--device", field=(c.TrainConfig, "device"), help="auto (CUDA when available) | cpu | cuda | cuda:N")
-    t("--amp", field=(c.TrainConfig, "amp"), choices=c.choices(c.AmpMode), help="mixed precision (auto: bf16 on CUDA)")
+    t("--amp", field=(c.TrainConfig, "amp"), choices=c.choices(c.AmpMode),
+      help="mixed precision: auto is bf16 on CUDA, off on a CPU; fp16 (CUDA only, for GPUs without bf16) scales the "
+           "loss with a gradient scaler kept in the checkpoints")  # fmt: skip
     t("--channels-last", field=(c.TrainConfig, "channels_last"), choices=c.choices(c.ChannelsLast))
     t("--compile", action="store_true", help="torch.compile the model")
     t("--tta", field=(c.TrainConfig, "tta"), nargs="?", const="on", type=str.lower, choices=c.choices(c.TtaMode),
@@ -101,6 +114,14 @@ def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None
     x("--backbone-lr-ratio", field=(c.TransferConfig, "backbone_lr_ratio"), metavar="R", help="finetune: backbone lr = lr * R")
     x("--finetune-norm", field=(c.TransferConfig, "norm"), choices=c.choices(c.TransferNorm), help="finetune: norm layers learn (train) or stay fixed in eval mode (frozen)")
     x("--class-subset", metavar="LIST", help="keep only these class indices, relabelled in order: 0-4 or 5,6,7")
+    k = _Flags(parser, parser.add_argument_group("experiment tracking (docs/training.md, needs pip install 'cnnlab[mlflow]')"), only)
+    k("--track", metavar="mlflow[:URI]",
+      help="also log the run to MLflow: the config as params, each epoch's metrics, the folder's pictures and summary "
+           "as artifacts; URI e.g. http://127.0.0.1:5000 or sqlite:///runs/mlflow.db (default: env MLFLOW_TRACKING_URI). "
+           "The run folder stays the record: a tracking failure only warns")  # fmt: skip
+    k("--track-register", metavar="NAME",
+      help="with --track: register the tested best weights as a new version of the MLflow model NAME "
+           "(a search trial, not tested, is never registered)")  # fmt: skip
     if only is None or "augment" in only:
         parser.epilog = AUGMENT_HELP
 
@@ -169,7 +190,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     off = lambda name: False if g(name) else None  # noqa: E731 - a --no-X flag turns X off only when given
     options = parse_model_options(g("model_opt") or [])
     return {
-        "data": {**data_overrides(args), "augment": g("augment"), "class_subset": parse_class_list(g("class_subset"))},
+        "data": {**data_overrides(args), "augment": g("augment"), "loader": g("loader"),
+                 "class_subset": parse_class_list(g("class_subset"))},
         "model": {"name": g("model"), "norm": g("norm"), "act": g("act"), "dropout": g("dropout"), "init": g("init"),
                   "options": options or None, "prior_bias": off("no_prior_bias"), "pretrained": flag("pretrained")},
         "transfer": {"mode": g("transfer"), "backbone": g("backbone"), "feature_views": g("feature_views"),
@@ -178,14 +200,16 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "optim": {"name": g("optimizer"), "lr": g("lr"), "momentum": g("momentum"), "weight_decay": g("weight_decay"),
                   "nesterov": off("no_nesterov")},
         "schedule": {"name": g("schedule"), "warmup_epochs": g("warmup")},
-        "train": {"epochs": g("epochs"), "batch_size": g("batch_size"), "seed": g("seed"),
+        "train": {"epochs": g("epochs"), "steps": g("steps"), "batch_size": g("batch_size"), "accumulate": g("accumulate"),
+                  "seed": g("seed"),
                   "label_smoothing": g("label_smoothing"), "mixup": g("mixup"), "cutmix": g("cutmix"),
                   "mix_prob": g("mix_prob"), "grad_clip": g("grad_clip"), "ema": g("ema"),
                   "early_stopping": g("early_stopping"), "deterministic": flag("deterministic"),
                   "class_weights": flag("class_weights"), "balanced_sampling": flag("balanced_sampling"),
                   "train_subset": g("train_subset"), "val_subset": g("val_subset"), "device": g("device"), "amp": g("amp"),
                   "channels_last": g("channels_last"), "compile": flag("compile"), "tta": g("tta"),
-                  "checkpoint_minutes": g("checkpoint_minutes")},
+                  "checkpoint_minutes": g("checkpoint_minutes"), "track": g("track"),
+                  "track_register": g("track_register")},
     }  # fmt: skip
 
 
@@ -201,7 +225,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="YAML", help="a run config (data/model/optim/schedule/train sections)")
     parser.add_argument("--out", metavar="DIR", help="the run folder, new or empty (default runs/<model>-<data>-<time>)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped, "
-                        "with its own settings (other flags are refused, except --device and --checkpoint-minutes)")
+                        "with its own settings (other flags are refused, except --device, --checkpoint-minutes, --track "
+                        "and --track-register)")
+    parser.add_argument("--trust-code", action="store_true",
+                        help="--resume a run of your own model code (--model FILE.py:FACTORY) with the copy of that code "
+                             "the run folder keeps (RUN/code/), checked against the sha256 its checkpoint records; "
+                             "without it, --resume needs the same --model FILE.py:FACTORY again")  # fmt: skip
     add_quiet(parser, "the test result line")
     add_run_args(parser)
     parser.set_defaults(func=_train)
@@ -232,7 +261,7 @@ def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
 
     A resumed run continues with the settings it started with; a flag (or ``--config``)
     that would change one is refused rather than silently ignored, except the few of
-    ``RESUME_CHANGEABLE`` (device, checkpoint interval), which do not change the result.
+    ``RESUME_CHANGEABLE`` (device, checkpoint interval, tracking), which do not change the result.
 
     Raises:
         UsageError: ``--out`` names another folder, or a setting would change.
@@ -267,7 +296,11 @@ def _train(args: argparse.Namespace) -> int:
     from cnnlab.train.runtime import launch_rank
 
     if args.resume is not None:
-        summary = run_training(resume=args.resume, changes=_resume_changes(args), verbose=not args.quiet)
+        from cnnlab.models.user import allow_user_code, is_user_model
+
+        named = args.model if args.model is not None and is_user_model(args.model) else None
+        with allow_user_code(named, trust_copies=args.trust_code):  # a checkpoint alone never runs code
+            summary = run_training(resume=args.resume, changes=_resume_changes(args), verbose=not args.quiet)
     else:
         cfg = load_run_config(args.config, run_overrides(args))
         summary = run_training(cfg, args.out, verbose=not args.quiet)

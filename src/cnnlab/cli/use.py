@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import add_data_args, data_overrides, number
+from cnnlab.cli.common import add_data_args, add_user_code_args, data_overrides, number
 from cnnlab.cli.common import console as make_console
 from cnnlab.cli.parser import add_old_name
 
@@ -19,7 +19,17 @@ RUN/eval-test-size64 (--image-size 64), RUN/eval-test-tta, RUN/eval-last-test (l
 RUN/eval-photos-<digest of its path>-test (--data photos/). So the run's own eval.json is
 never overwritten by another setting's result; the same evaluation replaces its own files.
 --out DIR must not be another run's folder (nor this run's, for a non-default evaluation);
-earlier eval.json / confusion.png / top_losses.png in it are replaced only with --force.
+earlier eval.json / confusion.png / top_losses.png / reliability.png in it are replaced only
+with --force.
+
+calibration: the expected calibration error (ECE, 15 equal-width confidence bins) of the
+evaluated split, and reliability.png (accuracy against confidence). On the model's own data
+a temperature T is fitted on the validation split (one more pass over it; LBFGS on log T,
+minimising the NLL) and the ECE after dividing the logits by T is reported; accuracy does not
+change. The default evaluation (RUN's own model on its test split, no other flags) stores T
+with the model in RUN/calibration.json (with the SHA-256 of the model file it belongs to), and
+`cnnlab predict` then shows calibrated probabilities; ignore it with `predict
+--no-calibration`, or delete that file. Other evaluations report T in eval.json only.
 
 examples:
   cnnlab eval runs/simple-fashion-mnist-20250101-120000
@@ -71,18 +81,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a trained model: accuracy, per-class table, confusion matrix, top losses",
         description="Evaluate a trained model on a split: accuracy, top-5 (more than 5 classes), per-class "
         "precision / recall (= per-class accuracy) / F1, the most confused pairs; writes eval.json, "
-        "confusion.png and top_losses.png (the most confidently wrong images).",
+        "confusion.png, top_losses.png (the most confidently wrong images) and reliability.png (calibration: "
+        "ECE before and after a temperature fitted on the validation split, stored for predict).",
         epilog=EVAL_EPILOG, formatter_class=fmt,
     )  # fmt: skip
     ev.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
     ev.add_argument("--split", default="test", choices=("test", "val", "train"), help="the split to evaluate")
     ev.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror image")
-    ev.add_argument("--out", metavar="DIR", help="folder for eval.json, confusion.png, top_losses.png (default: see below)")
+    ev.add_argument("--out", metavar="DIR", help="folder for eval.json, confusion.png, top_losses.png, reliability.png (default: see below)")
     ev.add_argument("--force", action="store_true", help="replace the files of an earlier evaluation in --out DIR")
     ev.add_argument("--top-losses", type=number(integer=True, lo=0, hi=1000), default=24, metavar="N", help="images in top_losses.png")
     _add_runtime_args(ev, "the run's eval batch size")
     add_data_args(ev, of_run=True)
     ev.set_defaults(func=_eval)
+    add_user_code_args(ev)
 
     pr = subparsers.add_parser(
         "predict", help="predict the classes of image files or folders",
@@ -93,8 +105,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     pr.add_argument("--topk", type=number(integer=True, lo=1), default=3, metavar="K", help="classes to show per image")
     pr.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    pr.add_argument("--no-calibration", action="store_true",
+                    help="the model's own probabilities: ignore the temperature `cnnlab eval` stored in RUN/calibration.json")  # fmt: skip
     _add_runtime_args(pr, "256")
     pr.set_defaults(func=_predict)
+    add_user_code_args(pr)
 
     ex = subparsers.add_parser(
         "export", help="export a trained model to ONNX, TorchScript or safetensors",
@@ -107,6 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_old_name(ex, "--output", out)
     ex.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint or another file of a run folder)")
     ex.set_defaults(func=_export)
+    add_user_code_args(ex)
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser, batch_default: str) -> None:
@@ -139,9 +155,22 @@ def _eval(args: argparse.Namespace) -> int:
     confused = m.most_confused(3)
     if confused:
         console.print("most confused: " + "; ".join(f"{t} -> {p} ({c})" for t, p, c in confused))
+    cal = report.calibration
+    if cal is not None:
+        line = f"calibration: ECE {cal.ece_before:.2%}"
+        if cal.temperature is not None:
+            line += f" -> {cal.ece_after:.2%} with temperature T = {cal.temperature:.3f} (fitted on the {cal.fitted_on})"
+        console.print(line, soft_wrap=True)
     for note in report.warnings:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"wrote {paths['json']}, {paths['confusion'].name}, {paths['top_losses'].name}")
+    pictures = ", ".join(paths[k].name for k in ("confusion", "top_losses", "reliability") if k in paths)
+    console.print(f"wrote {paths['json']}, {pictures}", soft_wrap=True)
+    if "calibration" in paths:
+        console.print(f"stored T in {paths['calibration']}: predict now shows calibrated probabilities "
+                      "(predict --no-calibration ignores it)", soft_wrap=True)  # fmt: skip
+    elif cal is not None and cal.temperature is not None and not cal.at_bound:
+        console.print("T is in eval.json only: the default evaluation (`cnnlab eval RUN`, no other flags) "
+                      "stores it for predict", soft_wrap=True)  # fmt: skip
     return 0
 
 
@@ -154,7 +183,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UsageError(f"--topk must be at least 1, got {args.topk}")
     files = find_images(args.paths)  # before loading the model: a typo fails fast
-    predictor = load_predictor(args.checkpoint, device=args.device)
+    predictor = load_predictor(args.checkpoint, device=args.device, calibrated=not args.no_calibration)
     predictions = predictor.predict_files(files, topk=args.topk, batch_size=args.batch_size or 256)
     failed = 0
     if args.json:
@@ -184,6 +213,9 @@ def _predict(args: argparse.Namespace) -> int:
     console.print(table)
     from rich.markup import escape
 
+    if predictor.temperature_from is not None:
+        console.print(f"probabilities calibrated with T = {predictor.temperature:.3f} from "
+                      f"{escape(str(predictor.temperature_from))} (--no-calibration: the model's own)", soft_wrap=True)  # fmt: skip
     for p in converted:
         if p.converted:
             console.print(f"converted {escape(readable(p.path))}: {escape('; '.join(p.converted))}", soft_wrap=True)

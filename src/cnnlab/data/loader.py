@@ -34,7 +34,57 @@ def derive_seed(*parts: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-class DeviceLoader:
+class EpochOrder:
+    """Which images a rank visits in an epoch, in which order, in how many batches.
+
+    The contract every batch source of a split shares (:class:`DeviceLoader`,
+    :class:`cnnlab.data.stream.StreamLoader`): the order is a pure function of ``(seed,
+    epoch)``, the same on every rank, and rank ``r`` takes the items ``r, r + world_size,
+    ...`` of it, so the ranks' slices are disjoint. A subclass sets ``train``, ``rank``,
+    ``world_size``, ``seed``, ``epoch``, ``batch_size``, ``sample_weights`` and ``n_images``.
+    """
+
+    train: bool
+    rank: int
+    world_size: int
+    seed: int
+    epoch: int
+    batch_size: int
+    sample_weights: torch.Tensor | None
+    n_images: int
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch."""
+        if self.train:
+            return self.n_images // self.world_size
+        return len(range(self.rank, self.n_images, self.world_size))
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation and augmentation the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int | None = None) -> torch.Tensor:
+        """The image indices this rank visits in ``epoch``, in order (on the CPU)."""
+        epoch = self.epoch if epoch is None else epoch
+        n = self.n_images
+        if not self.train:
+            return torch.arange(self.rank, n, self.world_size)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0x5EED))
+        if self.sample_weights is not None:
+            perm = torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
+        else:
+            perm = torch.randperm(n, generator=gen)
+        per_rank = n // self.world_size
+        return perm[self.rank : per_rank * self.world_size : self.world_size]
+
+
+class DeviceLoader(EpochOrder):
     """Batches of normalised (and, for training, augmented) images from device memory.
 
     Args:
@@ -81,6 +131,7 @@ class DeviceLoader:
         self.device = torch.device(device)
         self.images = torch.from_numpy(np.array(data.images, dtype=np.uint8, copy=True)).to(self.device)
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(self.device)
+        self.n_images = int(self.labels.shape[0])
         self.classes = data.classes
         self.batch_size = batch_size
         self.train = train
@@ -103,37 +154,6 @@ class DeviceLoader:
         self._scale = (1.0 / std_t).to(self.device, dtype)
         self._shift = (-mean_t / std_t).to(self.device, dtype)
         self._gen = torch.Generator(device=self.device)
-
-    @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch."""
-        n = int(self.labels.shape[0])
-        if self.train:
-            return n // self.world_size
-        return len(range(self.rank, n, self.world_size))
-
-    def __len__(self) -> int:
-        if self.train:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose permutation and augmentation the next iteration uses."""
-        self.epoch = int(epoch)
-
-    def order(self, epoch: int | None = None) -> torch.Tensor:
-        """The image indices this rank visits in ``epoch``, in order (on the CPU)."""
-        epoch = self.epoch if epoch is None else epoch
-        n = int(self.labels.shape[0])
-        if not self.train:
-            return torch.arange(self.rank, n, self.world_size)
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0x5EED))
-        if self.sample_weights is not None:
-            perm = torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
-        else:
-            perm = torch.randperm(n, generator=gen)
-        per_rank = n // self.world_size
-        return perm[self.rank : per_rank * self.world_size : self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

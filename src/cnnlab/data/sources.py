@@ -31,6 +31,7 @@ from cnnlab.data.imageset import (
     stratified_split,
     stratified_subset,
 )
+from cnnlab.data.store import is_store, load_store_splits
 from cnnlab.errors import CnnlabError
 
 __all__ = [  # the image-set types are re-exported: most callers want them with load_splits
@@ -108,7 +109,8 @@ def load_splits(cfg: DataConfig, *, train_subset: int | None = None, subset_seed
             (val and test are left whole so that results stay comparable).
         subset_seed: seeds the choice of the training subset.
     """
-    splits = make_splits(load_raw(cfg), cfg)
+    # A prepared store (`cnnlab data prepare`) is decoded into memory or streamed, as data.loader says.
+    splits = load_store_splits(cfg) if is_store(cfg.source) else make_splits(load_raw(cfg), cfg)
     if cfg.normalize != "standardize":
         splits = dataclasses.replace(splits, normalize=cfg.normalize)
     if cfg.class_subset is not None:

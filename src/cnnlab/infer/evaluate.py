@@ -23,6 +23,7 @@ from cnnlab.config import DataConfig, from_dict, merge
 from cnnlab.data.sources import Splits, load_splits
 from cnnlab.checkpoint import resolve_checkpoint
 from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.infer.calibration import Calibration, calibrate, reliability_diagram, store_temperature
 from cnnlab.infer.outputs import EVAL_FILES, check_output_dir, is_run_folder, same_folder, write_error, writable_folder_problem
 from cnnlab.infer.predict import Predictor, load_predictor
 from cnnlab.io import atomic_write_json
@@ -56,6 +57,8 @@ class EvalReport:
             (``{"image_size": 64}``); they name the output folder.
         folder_default: whether ``checkpoint`` is the model its folder stands for
             (best.pt, else last.pt); another file's results get their own folder.
+        calibration: ECE and reliability bins of ``probs``, and the temperature fitted on the
+            validation split with the ECE it gives (see :mod:`cnnlab.infer.calibration`).
     """
 
     checkpoint: Path
@@ -73,6 +76,7 @@ class EvalReport:
     warnings: tuple[str, ...] = ()
     changed: dict[str, Any] = field(default_factory=dict)
     folder_default: bool = True
+    calibration: Calibration | None = None
 
     def top_losses(self, limit: int = TOP_LOSSES) -> np.ndarray:
         """Indices of the misclassified images with the highest loss, highest first."""
@@ -90,7 +94,8 @@ class EvalReport:
         return {"checkpoint": str(self.checkpoint), "model": self.model, "data": self.data_name, "source": self.source,
                 "split": self.split, "own_data": self.own_data, "tta": self.tta, "settings": dict(self.changed),
                 "loss": self.loss,
-                **self.metrics.as_dict(), "top_losses": worst, "warnings": list(self.warnings)}  # fmt: skip
+                **self.metrics.as_dict(), "top_losses": worst, "warnings": list(self.warnings),
+                "calibration": self.calibration.as_dict() if self.calibration is not None else None}  # fmt: skip
 
 
 def top_losses(probs: np.ndarray, labels: np.ndarray, limit: int = TOP_LOSSES) -> np.ndarray:
@@ -275,12 +280,47 @@ class Evaluation:
         if bad:  # the accuracy counts their argmax, which means nothing
             notes.append(f"the model's outputs are NaN/inf for {bad} of {len(part)} images; "
                          "the loss and accuracy are not meaningful")  # fmt: skip
+        calibration = None if bad else self._calibration(splits, result.logits, result.labels, batch_size, notes)
         return EvalReport(
             checkpoint=pred.path, model=str(pred.model_args.get("name", "model")), data_name=splits.name,
             source=cfg.source, split=self.split, own_data=self.own_data, tta=self.tta, loss=result.loss,
             metrics=metrics, probs=result.logits.softmax(1).numpy(), labels=result.labels.numpy(),
             images=part.images, warnings=tuple(notes), changed=dict(self.changed), folder_default=self.folder_default,
+            calibration=calibration,
         )  # fmt: skip
+
+    def _calibration(self, splits: Splits, logits: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                     notes: list[str]) -> Calibration:  # fmt: skip
+        """ECE on the evaluated split; on the model's own data, a temperature fitted on its validation split.
+
+        The validation split costs one more pass (none when it is the evaluated split). Its
+        logits come with the same ``tta`` setting as the evaluated ones, so ``T`` fits them.
+        """
+        if not self.own_data:
+            notes.append("no temperature was fitted: that needs the validation split of the model's own data")
+            return calibrate(logits.numpy(), labels.numpy())
+        val = splits.split("val")
+        if len(val) == 0:
+            notes.append(f"{splits.name} has no validation split here, so no temperature was fitted")
+            return calibrate(logits.numpy(), labels.numpy())
+        if self.split == "val":
+            fit_logits, fit_labels = logits, labels
+            notes.append("the temperature was fitted on this same validation split: its ECE after scaling is optimistic")
+        else:
+            loader = self.pred.loader(val, batch_size)
+            with PassProgress("fitting the temperature on the val split", len(loader)) as bar:
+                fitted = evaluate(self.pred.model, loader, self.pred.runtime, tta=self.tta, keep_outputs=True, progress=bar)
+            assert fitted.logits is not None and fitted.labels is not None  # keep_outputs=True
+            fit_logits, fit_labels = fitted.logits, fitted.labels
+            if not bool(torch.isfinite(fit_logits).all()):
+                notes.append("the model's outputs on the val split are not finite (NaN/inf); no temperature was fitted")
+                return calibrate(logits.numpy(), labels.numpy())
+        cal = calibrate(logits.numpy(), labels.numpy(), fit_logits.numpy(), fit_labels.numpy(),
+                        fitted_on=f"val split, {len(fit_labels)} images" + (", flip TTA" if self.tta else ""))  # fmt: skip
+        if cal.at_bound:
+            notes.append(f"the fitted temperature hit its bound ({cal.temperature:g}; the validation split is too easy "
+                         "or too small to fit it), so it is not stored for predict")  # fmt: skip
+        return cal
 
 
 def plan_evaluation(
@@ -398,9 +438,14 @@ def _default_dir(checkpoint: Path, own_data: bool, source: str, split: str, tta:
 
 
 def write_report(report: EvalReport, out_dir: str | Path | None = None, *, limit: int = TOP_LOSSES) -> dict[str, Path]:
-    """Write ``eval.json``, ``confusion.png`` and ``top_losses.png``.
+    """Write ``eval.json``, ``confusion.png``, ``top_losses.png`` and ``reliability.png``; store the temperature.
 
     The folder is not checked here: :meth:`Evaluation.output_dir` checks it before the work.
+    The default evaluation (the run's own model on its own test split, training settings,
+    no TTA, written into the run folder) also stores its fitted temperature with the model,
+    ``RUN/calibration.json`` (:func:`cnnlab.infer.calibration.store_temperature`), which
+    ``predict`` then uses. Any other evaluation reports its temperature in ``eval.json``
+    only, so that, like ``eval.json``, the stored one is never replaced by another setting's.
 
     Args:
         report: what :func:`evaluate_checkpoint` returned.
@@ -408,19 +453,37 @@ def write_report(report: EvalReport, out_dir: str | Path | None = None, *, limit
         limit: images in the top-losses grid.
 
     Returns:
-        ``{"json": ..., "confusion": ..., "top_losses": ...}`` paths.
+        ``{"json": ..., "confusion": ..., "top_losses": ..., "reliability": ...}`` paths, and
+        ``"calibration"`` when the temperature was stored.
 
     Raises:
         CnnlabError: the folder or a file cannot be written.
     """
     out = Path(out_dir) if out_dir is not None else default_output_dir(report)
     paths = {"json": out / "eval.json", "confusion": out / "confusion.png", "top_losses": out / "top_losses.png"}
+    if report.calibration is not None:
+        paths["reliability"] = out / "reliability.png"
     try:
         out.mkdir(parents=True, exist_ok=True)
         _write_files(report, paths, limit)
+        if _stores_temperature(report, out):
+            assert report.calibration is not None and report.calibration.temperature is not None  # _stores_temperature
+            cal = report.calibration
+            paths["calibration"] = store_temperature(report.checkpoint, cal.temperature, fitted_on=cal.fitted_on,
+                                                     ece_test_before=cal.ece_before, ece_test_after=cal.ece_after,
+                                                     written_by="cnnlab eval")  # fmt: skip
     except OSError as exc:
         raise write_error(exc.filename or out, exc) from None
     return paths
+
+
+def _stores_temperature(report: EvalReport, out: Path) -> bool:
+    """Whether ``report`` is the run's default evaluation, written into the run folder, with a fitted T."""
+    cal = report.calibration
+    if cal is None or cal.temperature is None or cal.at_bound:  # a T at its bound is no fit
+        return False
+    run = report.checkpoint.parent
+    return same_folder(default_output_dir(report), run) and same_folder(out, run)
 
 
 def _write_files(report: EvalReport, paths: dict[str, Path], limit: int) -> None:
@@ -436,3 +499,6 @@ def _write_files(report: EvalReport, paths: dict[str, Path], limit: int) -> None
     images = [np.asarray(report.images[i]) for i in idx]
     captioned_grid(images, captions, paths["top_losses"],
                    title=f"top losses: the {len(idx)} most confidently wrong of {m.n} {report.split} images")  # fmt: skip
+    if report.calibration is not None:
+        reliability_diagram(report.calibration, paths["reliability"],
+                            title=f"calibration of {report.model} on {report.data_name}, {report.split} split{tta}")  # fmt: skip

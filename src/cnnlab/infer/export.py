@@ -64,9 +64,15 @@ class ExportResult:
 
 
 def export_metadata(pred: Predictor) -> dict[str, Any]:
-    """The JSON object stored in every export: how to rebuild and feed the model."""
+    """The JSON object stored in every export: how to rebuild and feed the model.
+
+    ``temperature`` is the calibration temperature `cnnlab eval` fitted for the checkpoint
+    (1.0: none): the exported graph still outputs the raw logits (same argmax); calibrated
+    probabilities are ``softmax(logits / temperature)`` (`cnnlab predict` on a safetensors
+    export applies it).
+    """
     return {"format": 1, "cnnlab_version": __version__, "model_args": pred.model_args, "data": pred.data,
-            "config": pred.config}  # fmt: skip
+            "config": pred.config, "temperature": pred.temperature}  # fmt: skip
 
 
 def default_output(checkpoint: str | Path, fmt: str) -> Path:

@@ -29,7 +29,7 @@ from cnnlab.io import LOCK_NAME
 from cnnlab.runfolder import RunFolder
 
 # What `cnnlab eval` writes into a folder (see cnnlab.infer.evaluate.write_report).
-EVAL_FILES: tuple[str, ...] = ("eval.json", "confusion.png", "top_losses.png")
+EVAL_FILES: tuple[str, ...] = ("eval.json", "confusion.png", "top_losses.png", "reliability.png")
 # The files a run folder's own training wrote: RunFolder's names, its lock, TensorBoard's events.
 _RUN_FILES = frozenset({RunFolder.CONFIG, RunFolder.METRICS, RunFolder.SUMMARY, RunFolder.CURVES,
                         RunFolder.LAST, RunFolder.BEST, RunFolder.SKIPPED, LOCK_NAME})  # fmt: skip

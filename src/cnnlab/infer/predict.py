@@ -18,6 +18,7 @@ got during evaluation (``tests/infer`` checks this).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,12 @@ from cnnlab.data.images import IMAGE_SUFFIXES, decode_image, parallel_map
 from cnnlab.data.imageset import ImageSet
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import CnnlabError
+from cnnlab.infer.calibration import calibration_path, stored_temperature
 from cnnlab.infer.saved import read_saved_model
 from cnnlab.train.loaders import build_loader
 from cnnlab.train.runtime import Runtime, resolve_runtime
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +87,10 @@ class Predictor:
         config: the training run's configuration as plain data (None when unknown).
         path: the file the model was loaded from.
         runtime: device and precision.
+        temperature: the logits are divided by it before the softmax (1: the model's own
+            probabilities); fitted by `cnnlab eval` and read from the model's
+            ``calibration.json`` by :func:`load_predictor` (see :mod:`cnnlab.infer.calibration`).
+        temperature_from: the file ``temperature`` was read from (None: not calibrated).
     """
 
     model: nn.Module
@@ -91,6 +99,8 @@ class Predictor:
     config: dict[str, Any] | None
     path: Path
     runtime: Runtime
+    temperature: float = 1.0
+    temperature_from: Path | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -116,7 +126,7 @@ class Predictor:
             batch_size: images per forward pass.
 
         Returns:
-            float32 (N, classes) softmax probabilities.
+            float32 (N, classes) softmax probabilities (of the logits divided by ``temperature``).
         """
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
@@ -129,7 +139,7 @@ class Predictor:
         for x, _ in self.loader(dummy, batch_size):
             with self.runtime.autocast():
                 logits = self.model(x)
-            out.append(logits.float().softmax(1).cpu())
+            out.append((logits.float() / self.temperature).softmax(1).cpu())
         return torch.cat(out).numpy()
 
     def predict_files(self, paths: Sequence[str | Path], *, topk: int = 3, batch_size: int = 256) -> Iterator[Prediction]:
@@ -276,7 +286,7 @@ def read_image(path: str | Path, image_shape: Sequence[int]) -> np.ndarray:
     return arr
 
 
-def load_predictor(path: str | Path, *, device: str = "auto") -> Predictor:
+def load_predictor(path: str | Path, *, device: str = "auto", calibrated: bool = True) -> Predictor:
     """Load a model for inference from a run folder, a ``.pt`` checkpoint or a ``.safetensors`` export.
 
     Checkpoints are read with ``weights_only`` and safetensors files hold only tensors and
@@ -285,9 +295,13 @@ def load_predictor(path: str | Path, *, device: str = "auto") -> Predictor:
     Args:
         path: run folder (its best.pt, else last.pt), checkpoint or safetensors file.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        calibrated: use the temperature `cnnlab eval` fitted for this exact file (stored in
+            ``calibration.json`` next to it, or in a safetensors export's metadata), so that
+            the probabilities are calibrated; False: the model's own probabilities.
 
     Raises:
-        CnnlabError: missing, corrupt or non-cnnlab file; weights that do not fit.
+        CnnlabError: missing, corrupt or non-cnnlab file; weights that do not fit; an
+            unreadable ``calibration.json``.
     """
     saved = read_saved_model(path)
     # One process that sees every image, even when started under torchrun.
@@ -295,4 +309,13 @@ def load_predictor(path: str | Path, *, device: str = "auto") -> Predictor:
     model = saved.model.eval().to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Predictor(model, saved.model_args, saved.data, saved.config, saved.path, runtime)
+    temperature, source = 1.0, None
+    if calibrated:
+        stored, stale = stored_temperature(saved.path)
+        if stale:
+            logger.warning(stale)
+        if stored is not None:
+            temperature, source = stored, calibration_path(saved.path)
+        elif saved.temperature is not None:  # a safetensors export carries the temperature of its checkpoint
+            temperature, source = saved.temperature, saved.path
+    return Predictor(model, saved.model_args, saved.data, saved.config, saved.path, runtime, temperature, source)

@@ -23,6 +23,8 @@ from torch import nn
 from cnnlab.checkpoint import load_checkpoint, resolve_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_from_args
+from cnnlab.models.user import is_user_model, rebuild_user_model
+from cnnlab.runfolder import RunFolder
 
 SAFETENSORS_SUFFIX = ".safetensors"
 META_KEY = "cnnlab"  # the key of the JSON metadata in every export (see cnnlab.infer.export)
@@ -39,6 +41,8 @@ class SavedModel:
             ``classes``, ``image_shape`` [C, H, W], ``source``, ``fingerprint``.
         config: the training run's configuration as plain data (None when unknown).
         path: the file the model was read from.
+        temperature: the calibration temperature a safetensors export carries in its metadata
+            (None: none; checkpoints keep theirs in ``calibration.json``, see :mod:`cnnlab.infer.calibration`).
     """
 
     model: nn.Module
@@ -46,6 +50,7 @@ class SavedModel:
     data: dict[str, Any]
     config: dict[str, Any] | None
     path: Path
+    temperature: float | None = None
 
 
 def read_saved_model(path: str | Path) -> SavedModel:
@@ -58,7 +63,8 @@ def read_saved_model(path: str | Path) -> SavedModel:
     file = resolve_checkpoint(path)
     if file.suffix.lower() == SAFETENSORS_SUFFIX:
         model, meta = load_safetensors_model(file)
-        return SavedModel(model, dict(meta["model_args"]), dict(meta["data"]), meta.get("config"), file)
+        return SavedModel(model, dict(meta["model_args"]), dict(meta["data"]), meta.get("config"), file,
+                          _temperature(meta.get("temperature"), file))  # fmt: skip
     if _is_torchscript(file):
         raise CnnlabError(f"{file} is a TorchScript export, which cnnlab does not load (it would run code "
                           "from the file); use the run's .pt checkpoint or a .safetensors export")  # fmt: skip
@@ -131,8 +137,19 @@ def _check_finite(tensors: dict[str, Any], file: Path) -> None:
                           "the run diverged before this was saved; use a checkpoint of a run that trained well")  # fmt: skip
 
 
+def _temperature(value: Any, file: Path) -> float | None:
+    """An export's stored calibration temperature (None or 1: none), checked like every other field."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CnnlabError(f"{file} is not a usable cnnlab model file: 'temperature' is not a positive number")
+    return None if float(value) == 1.0 else float(value)
+
+
 def _build(model_args: dict[str, Any], file: Path) -> nn.Module:
     """The untrained model ``model_args`` describe; any failure is the file's fault, named as such."""
+    if is_user_model(model_args["name"]):  # only with code the user names or trusts (cnnlab.models.user)
+        return rebuild_user_model(model_args, code_dir=file.parent / RunFolder.CODE, what=str(file))
     try:
         return model_from_args(model_args)
     except CnnlabError as exc:

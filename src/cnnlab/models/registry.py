@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from cnnlab.config import RESERVED_MODEL_OPTIONS
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.models.base import ClassifierModel
+from cnnlab.models.user import create_user_model, is_user_model
 
 F = TypeVar("F", bound=Callable[..., ClassifierModel])
 
@@ -113,10 +114,11 @@ def model_info(name: str) -> ModelInfo:
 
 
 def create_model(name: str, **options: Any) -> ClassifierModel:
-    """Build a registered model.
+    """Build a registered model, or a model of your own code (``file.py:factory``, ``module:factory``).
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from :func:`list_models`, or a spec of user code (:mod:`cnnlab.models.user`,
+            which the caller names: a saved model is rebuilt with :func:`model_from_args` instead).
         **options: factory options; all factories take ``num_classes``, ``in_chans``,
             ``norm``, ``act``, ``dropout``, ``init`` and ``input_size``.
 
@@ -127,6 +129,8 @@ def create_model(name: str, **options: Any) -> ClassifierModel:
     Raises:
         CnnlabError: unknown model or option, or a bad option value.
     """
+    if is_user_model(name):  # your own code, file.py:factory or module:factory (cnnlab.models.user)
+        return create_user_model(name, **options)  # type: ignore[return-value]
     info = _lookup(name)
     valid = info.options()
     unknown = [k for k in options if k not in valid]

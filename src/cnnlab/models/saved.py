@@ -12,6 +12,7 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import ClassifierModel
 from cnnlab.models.registry import create_model
+from cnnlab.models.user import is_user_model, rebuild_user_model
 
 
 def model_from_args(model_args: dict[str, Any]) -> ClassifierModel:
@@ -24,6 +25,8 @@ def model_from_args(model_args: dict[str, Any]) -> ClassifierModel:
         CnnlabError: unknown model name or option (e.g. a checkpoint of a newer cnnlab).
     """
     args = dict(model_args)
+    if is_user_model(args.get("name")):  # user code runs only when the user names it, never because a file does
+        return rebuild_user_model(args)  # type: ignore[return-value]
     return create_model(args.pop("name"), **args)
 
 

@@ -15,6 +15,7 @@ stopping and ``best.pt`` are ``on_epoch_end`` callables like a user's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -33,7 +34,9 @@ from cnnlab import checkpoint as ckpt
 from cnnlab.config import RunConfig, TrainConfig, to_dict
 from cnnlab.data.imageset import ImageSet, Splits, stratified_subset
 from cnnlab.errors import CnnlabError, TrainingDiverged
+from cnnlab.runfolder import RunFolder
 from cnnlab.train.callbacks import BestCheckpoint, EarlyStopping, EpochCallback
+from cnnlab.train.deadline import Deadline
 from cnnlab.train.ema import EMA
 from cnnlab.train.interrupt import StopFlag
 from cnnlab.train.loaders import eval_loader, train_loader
@@ -152,6 +155,7 @@ class Trainer:
         self, model: nn.Module, splits: Splits, cfg: RunConfig, runtime: Runtime, *, run_dir: str | Path | None = None,
         on_epoch_end: EpochCallback | None = None, lr_scales: Mapping[str, float] | None = None,
         loaders: tuple[BatchSource, BatchSource | None] | None = None, verbose: bool = True, phase: str | None = None,
+        deadline: Deadline | None = None,
     ) -> None:  # fmt: skip
         tc = self.tc = cfg.train
         self.cfg, self.runtime, self.run_dir, self.verbose, self.phase = cfg, runtime, run_dir, verbose, phase
@@ -165,11 +169,13 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg.optim, lr_scales=lr_scales)
         self.ema = EMA(model, tc.ema) if tc.ema else None
         self.steps_per_epoch = len(self.train_loader)
-        self.total_steps = tc.epochs * self.steps_per_epoch
+        self.total_steps = tc.steps or tc.epochs * self.steps_per_epoch  # train.steps: the last epoch ends part way
+        self.deadline, self.resumed = deadline, False
         self.warmup = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
         self.step = TrainStep(self.optimizer, build_loss(tc, splits, runtime.device), self.lr_at, runtime,
                               grad_clip=tc.grad_clip, ema=self.ema, ema_target=model,
-                              mix=Mix(tc.mixup, tc.cutmix, tc.mix_prob, tc.seed))  # fmt: skip
+                              mix=Mix(tc.mixup, tc.cutmix, tc.mix_prob, tc.seed), accumulate=tc.accumulate,
+                              scaler=runtime.grad_scaler())  # fmt: skip
         self.history, self.epoch, self.epoch_state = History(), 0, EpochState()
         self.early_stopping = EarlyStopping(tc.early_stopping)
         self.user_callback = on_epoch_end
@@ -179,6 +185,11 @@ class Trainer:
         self._last_save = time.monotonic()
         self._estimate_from: tuple[int, int, float] | None = None  # (epoch, global step, epoch seconds) where timing starts
         self._estimated = False  # the run's time is estimated once, from its first steps
+
+    @property
+    def epochs(self) -> int:
+        """The epochs the run trains (the last one part way when the steps say so)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of global step ``step`` (peak lr x schedule)."""
@@ -191,6 +202,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.ema is not None and state.get("ema"):
                 self.ema.load_state_dict(state["ema"])
+            if self.step.scaler is not None and state.get("scaler"):  # fp16: the loss scale it had reached
+                self.step.scaler.load_state_dict(state["scaler"])
             self.epoch_state = EpochState(**state["epoch_state"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CnnlabError(f"the checkpoint does not fit the model its config builds ({str(exc)[:160]}); "
@@ -202,6 +215,7 @@ class Trainer:
         self.early_stopping = EarlyStopping(self.tc.early_stopping, best_loss=self.history.best_val_loss,
                                             bad_epochs=int(state.get("bad_epochs", 0)))  # fmt: skip
         self.step.step = self.epoch * self.steps_per_epoch + self.epoch_state.batch
+        self.resumed = True
         ckpt.set_rng_state(state["rng"])
 
     def run(self) -> History:
@@ -210,7 +224,8 @@ class Trainer:
         callbacks = self._callbacks()
         with StopFlag() as stop, deterministic(self.tc.deterministic):
             self.step.stop = lambda: stop.requested
-            while self.epoch < self.tc.epochs:
+            while self.epoch < self.epochs:
+                started = time.monotonic()
                 if not self._train_epoch():
                     self._interrupted()
                     break
@@ -222,6 +237,8 @@ class Trainer:
                 # Every callback sees every epoch; the first one asking to stop names the reason.
                 reasons = [reason for reason, callback in callbacks if callback(record)]
                 self.history.stopped = self.history.stopped or (reasons[0] if reasons else None)
+                if not reasons and self._may_replan():
+                    self._replan(time.monotonic() - started, record)
                 self._end_epoch()
                 if reasons:
                     break
@@ -247,11 +264,12 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """Train the current epoch from where it stands; False when Ctrl-C stopped it (on any rank)."""
         self.train_loader.set_epoch(self.epoch)
-        progress = EpochProgress(self.epoch, self.tc.epochs, self.steps_per_epoch, phase=self.phase,
+        end = min(self.steps_per_epoch, self.total_steps - self.epoch * self.steps_per_epoch)
+        progress = EpochProgress(self.epoch, self.epochs, end, phase=self.phase,
                                  enabled=self.verbose and self.runtime.is_main, start=self.epoch_state.batch)  # fmt: skip
         try:
             finished = train_one_epoch(self.model, self.train_loader, self.step, self.epoch_state,
-                                       on_step=self._on_step, progress=progress)  # fmt: skip
+                                       on_step=self._on_step, progress=progress, end=end)  # fmt: skip
         except NonFiniteLoss as exc:
             raise self._diverged(exc.step, exc.lr, "training") from None
         except torch.cuda.OutOfMemoryError:
@@ -270,7 +288,7 @@ class Trainer:
         loss_sum, correct, count, seconds = all_reduce_sum([s.loss_sum, s.correct, s.count, s.seconds], self.runtime)
         seconds /= self.runtime.world_size
         record: dict[str, Any] = {
-            "epoch": self.epoch, "epochs": self.tc.epochs, "train_loss": loss_sum / count, "train_acc": correct / count,
+            "epoch": self.epoch, "epochs": self.epochs, "train_loss": loss_sum / count, "train_acc": correct / count,
             "lr": self.lr_at(self.step.step - 1), "step": self.step.step, "time": seconds, "images_per_s": count / max(seconds, 1e-9),
             "val_loss": None, "val_acc": None,
         }  # fmt: skip
@@ -313,8 +331,8 @@ class Trainer:
             return
         self._estimated = True
         per_step = seconds / steps
-        images_per_s = self.tc.batch_size * self.runtime.world_size / max(per_step, 1e-9)
-        epochs_left = self.tc.epochs - self.epoch
+        images_per_s = self.tc.batch_size * self.tc.accumulate * self.runtime.world_size / max(per_step, 1e-9)
+        epochs_left = self.epochs - self.epoch
         val_images = self.val_of if self.tc.val_subset is None else min(self.tc.val_subset, self.val_of)
         total = (self.total_steps - self.step.step) * per_step + epochs_left * val_images * EVAL_COST / images_per_s
         if total > LONG_RUN_SECONDS and self.runtime.is_main:
@@ -326,6 +344,26 @@ class Trainer:
                 f" and validation on {val_images:,}" if val_images else "",
             )  # fmt: skip
 
+    def _may_replan(self) -> bool:
+        """Whether the deadline may set the total now: after a fresh run's first epoch, while
+        every step so far was warmup (whose rates do not depend on the total), on one process."""
+        return (self.deadline is not None and not self.resumed and self.epoch == 1 and not self.runtime.distributed
+                and self.step.step <= self.warmup)  # fmt: skip
+
+    def _replan(self, epoch_seconds: float, record: dict[str, Any]) -> None:
+        """Set the total steps from the first epoch's pace (:class:`Deadline`); the config records them."""
+        assert self.deadline is not None  # _may_replan
+        total = self.deadline.total_steps(time.time(), self.step.step, self.steps_per_epoch, epoch_seconds,
+                                          float(record.get("val_time") or 0.0))  # fmt: skip
+        log.info("deadline: the first epoch took %.1f s; the run trains %d steps (%.2f epochs) instead of %d",
+                 epoch_seconds, total, total / self.steps_per_epoch, self.total_steps)  # fmt: skip
+        self.total_steps = total
+        self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.tc, steps=total))
+        self.tc = self.cfg.train
+        self.meta["config"] = to_dict(self.cfg)  # every checkpoint from now on resumes the re-planned run
+        if self.writer is not None:
+            RunFolder(self.writer.dir).write_config(self.cfg)
+
     def _save_last(self) -> None:
         """Write ``last.pt``: everything needed to continue from the current step exactly."""
         if self.writer is not None:
@@ -335,11 +373,16 @@ class Trainer:
     def _write_last(self) -> None:
         ckpt.save_checkpoint(self.writer.dir / "last.pt", {
             **self.meta, "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None, "epoch": self.epoch,
-            "epoch_state": self.epoch_state.as_dict(), "history": self.history.as_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "scaler": self._scaler_state(),
+            "epoch": self.epoch, "epoch_state": self.epoch_state.as_dict(), "history": self.history.as_dict(),
             "bad_epochs": self.early_stopping.bad_epochs, "rng": ckpt.rng_state(),
             "loader": self.train_loader.state_dict(), "step": self.step.step,
         })  # fmt: skip
+
+    def _scaler_state(self) -> dict[str, Any] | None:
+        """fp16's gradient scaler (its loss scale and growth counter: plain numbers), None when it is off."""
+        scaler = self.step.scaler
+        return scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
 
     def _end_epoch(self) -> None:
         # The checkpoint first, then the files that describe it: metrics never get ahead of it.
@@ -379,6 +422,7 @@ def fit(
     loaders: tuple[BatchSource, BatchSource | None] | None = None,
     verbose: bool = True,
     phase: str | None = None,
+    deadline: Deadline | None = None,
 ) -> History:
     """Train ``model`` on ``splits`` as ``cfg`` says.
 
@@ -398,6 +442,8 @@ def fit(
         verbose: print one line per epoch (and a progress bar on a terminal).
         phase: names this training in a run that trains in phases (transfer learning:
             ``"head (frozen backbone)"``, ``"fine-tune"``); shown before each ``epoch i/n``.
+        deadline: end by this time: after the first epoch the total steps are set from its
+            pace (:mod:`cnnlab.train.deadline`; one process, a fresh run, ``warmup_epochs >= 1``).
 
     Returns:
         The history; ``model`` holds the final weights (the EMA weights when EMA is on).
@@ -408,7 +454,7 @@ def fit(
     """
     runtime = runtime or resolve_runtime(cfg.train)
     trainer = Trainer(model, splits, cfg, runtime, run_dir=run_dir, on_epoch_end=on_epoch_end, lr_scales=lr_scales,
-                      loaders=loaders, verbose=verbose, phase=phase)  # fmt: skip
+                      loaders=loaders, verbose=verbose, phase=phase, deadline=deadline)  # fmt: skip
     if resume is not None:
         trainer.restore(resume)
     return trainer.run()

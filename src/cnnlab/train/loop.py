@@ -9,6 +9,8 @@ epoch exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +20,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from cnnlab.train.mix import Mix, mixed_loss
+from cnnlab.train.mix import Mix, MixDraw, mixed_loss
 from cnnlab.train.optim import set_lr
 from cnnlab.train.progress import EpochProgress, PassProgress
 from cnnlab.train.runtime import Runtime, all_reduce_sum
@@ -84,9 +87,22 @@ class TrainStep:
     # The labels the last step's accuracy counts against: the batch's own, or under mixing
     # each sample's dominant label (see cnnlab.train.mix.mixed_loss).
     labels: torch.Tensor | None = field(default=None, repr=False)
+    # Gradient accumulation: each call's batch is split into this many micro-batches, whose
+    # gradients add up to the gradient of the whole batch's mean loss before the one update.
+    accumulate: int = 1
+    # fp16 autocast's loss scaling (torch.amp.GradScaler); None, or one built with enabled=False,
+    # steps as without it. Made here for fp16 when the caller gives none, so every user of the step has it.
+    scaler: torch.amp.GradScaler | None = None
+
+    def __post_init__(self) -> None:
+        if self.scaler is None and self.runtime.amp_dtype == torch.float16:
+            self.scaler = self.runtime.grad_scaler()
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on the batch ``(x, y)`` at the schedule's learning rate.
+
+        With ``accumulate > 1`` the batch goes through the model in that many micro-batches
+        (:meth:`_accumulate`); the update is the one the whole batch would give.
 
         Returns:
             ``(loss, logits)`` of the batch before the update, detached and still on the
@@ -96,21 +112,84 @@ class TrainStep:
         draw = self.mix.draw(self.step, x.shape[0], x.shape[-2], x.shape[-1]) if self.mix is not None else None
         if draw is not None:
             x = self.mix.apply(x, draw)
-        with self.runtime.autocast():
-            logits = model(x)
-            if draw is None:
-                loss, self.labels = self.loss_fn(logits.float(), y), y
-            else:
-                loss, self.labels = mixed_loss(self.loss_fn, logits.float(), y, draw)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        if self.accumulate > 1 and x.shape[0] > 1:
+            loss, logits = self._accumulate(model, x, y, draw)
+        else:
+            with self.runtime.autocast():
+                logits = model(x)
+                if draw is None:
+                    loss, self.labels = self.loss_fn(logits.float(), y), y
+                else:
+                    loss, self.labels = mixed_loss(self.loss_fn, logits.float(), y, draw)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward(loss)
+        self._update(model)
         if self.ema is not None:
             self.ema.update(self.ema_target)
         self.step += 1
         return loss.detach(), logits.detach()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def _update(self, model: nn.Module) -> None:
+        """Clip (the true, unscaled gradient) and step; a scaler skips a step with inf/NaN gradients."""
+        if self.grad_clip:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def _accumulate(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draw: MixDraw | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward the batch in ``accumulate`` micro-batches; return its loss and logits.
+
+        Micro-batch ``i`` of ``n_i`` images contributes ``loss_i * n_i / n``: the gradients add up
+        to the gradient of the mean loss over all ``n`` images, as one batch of ``n`` gives (up to
+        the order of float sums; batch norm sees micro-batch statistics, as it must). Under DDP
+        the gradients are all-reduced once, after the last micro-batch (``no_sync`` before it).
+        Mixing (mixup / CutMix) is drawn and applied to the whole batch first, as without accumulation.
+        """
+        n = x.shape[0]
+        y_b = y.index_select(0, draw.perm.to(y.device, non_blocking=True)) if draw is not None else None
+        k = min(self.accumulate, n)
+        parts = list(zip(x.tensor_split(k), y.tensor_split(k), y_b.tensor_split(k) if y_b is not None else [None] * k))
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, outputs, labels = [], [], []
+        for i, (xi, yi, ybi) in enumerate(parts):
+            with self.runtime.autocast():
+                logits = model(xi)
+                loss, seen = self._micro_loss(logits.float(), yi, ybi, draw)
+            with _no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext():
+                self._backward(loss * (yi.shape[0] / n))
+            losses.append(loss.detach() * (yi.shape[0] / n))
+            outputs.append(logits.detach())
+            labels.append(seen)
+        self.labels = torch.cat(labels)
+        return torch.stack(losses).sum(), torch.cat(outputs)
+
+    def _micro_loss(
+        self, logits: torch.Tensor, y: torch.Tensor, y_b: torch.Tensor | None, draw: MixDraw | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch's loss and the labels its accuracy counts (as :func:`cnnlab.train.mix.mixed_loss`,
+        whose pairing indexes the whole batch: here the partners' labels ``y_b`` come precomputed)."""
+        if draw is None or y_b is None:
+            return self.loss_fn(logits, y), y
+        loss = draw.lam * self.loss_fn(logits, y) + (1.0 - draw.lam) * self.loss_fn(logits, y_b)
+        return loss, (y if draw.lam >= 0.5 else y_b)
+
+
+def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` (gradients stay local until the last micro-batch); a no-op otherwise."""
+    inner = getattr(model, "_orig_mod", model)  # under torch.compile
+    if isinstance(inner, DistributedDataParallel):
+        return inner.no_sync()
+    return contextlib.nullcontext()
 
 
 def train_one_epoch(
@@ -121,8 +200,12 @@ def train_one_epoch(
     *,
     on_step: Callable[[EpochState], None] | None = None,
     progress: EpochProgress | None = None,
+    end: int | None = None,
 ) -> bool:
     """Train from ``state.batch`` to the end of the epoch (or until ``ts.stop()``).
+
+    ``end``: the batch index the epoch ends before (None: all of the loader's batches); a
+    run planned in steps (``train.steps``) ends its last epoch part way.
 
     Returns:
         True when the epoch finished, False when it stopped early on request.
@@ -151,7 +234,8 @@ def train_one_epoch(
         state.count = count
         state.seconds = base_seconds + time.perf_counter() - tic
 
-    for x, y in loader.iter_from(state.batch):
+    end = len(loader) if end is None else min(end, len(loader))
+    for x, y in itertools.islice(loader.iter_from(state.batch), max(end - state.batch, 0)):  # no batch made past the end
         loss, logits = ts(model, x, y)
         n = y.shape[0]
         loss_sum += loss.double() * n
@@ -160,7 +244,7 @@ def train_one_epoch(
         state.batch += 1
         since_sync += 1
         stop = ts.stop()
-        if since_sync >= ts.sync_every or state.batch == len(loader) or stop or sync_each_step:
+        if since_sync >= ts.sync_every or state.batch == end or stop or sync_each_step:
             sync()
             since_sync = 0
             if progress is not None:

@@ -84,8 +84,9 @@ def feature_loaders(
         hits += hit
     if runtime.is_main:
         log.info("features of %d training image(s) x %d view(s): %d from the cache", len(splits.train), len(views), hits)
-    train = FeatureLoader(torch.stack(views), splits.train.labels, batch_size=tc.batch_size, train=True, seed=tc.seed,
-                          device=runtime.device)  # fmt: skip
+    # one batch per optimizer step, split into --accumulate micro-batches by the training step
+    train = FeatureLoader(torch.stack(views), splits.train.labels, batch_size=tc.batch_size * tc.accumulate, train=True,
+                          seed=tc.seed, device=runtime.device)  # fmt: skip
     val = None
     if len(splits.val):
         idx = validation_indices(splits, tc)  # a --val-subset run extracts (and caches) only its subset

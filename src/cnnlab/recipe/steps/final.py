@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,13 @@ from cnnlab.report.plots import confusion_plot
 from cnnlab.runfolder import RunFolder
 from cnnlab.train.metrics import classification_metrics
 from cnnlab.run import resume_config, run_training
+from cnnlab.train.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
 FOLDER = "final"
+# Seconds the recipe still spends after the final run: its diagnosis, the report and its pictures.
+REPORT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,15 @@ class FinalStep(OnceStep):
                         "it trains 1 epoch and overruns the budget", plan.final_epoch_seconds)
         # flip TTA on the test only if it raises the final model's validation accuracy (see finish_run)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs, tta="auto"))
+        cfg, deadline = _deadline(ctx, cfg, plan)
         # best.yaml reproduces the final run: the epochs it trains (not the base config's) and its TTA choice.
         atomic_write_text(ctx.out / BEST_YAML, dump_yaml(cfg))
-        ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split -> {run.path}")
-        summary = run_training(cfg, run.path, verbose=ctx.verbose)
+        paced = " (re-planned in steps after the first epoch, from its pace)" if deadline is not None else ""
+        ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split{paced} -> {run.path}")
+        summary = run_training(cfg, run.path, verbose=ctx.verbose, deadline=deadline)
+        if deadline is not None:  # the steps the deadline set are in the run's config.yaml: best.yaml gets them too
+            atomic_write_text(ctx.out / BEST_YAML, dump_yaml(run.read_config()))
+        epochs = int(summary.get("epochs_run") or epochs)
         return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path), plan)
 
     def to_dict(self, result: FinalResult) -> dict[str, Any]:
@@ -129,6 +138,29 @@ def _plan(ctx: RecipeContext, cfg: RunConfig) -> Plan:
     for reason in plan.reasons:
         ctx.say(f"plan: {reason}")
     return plan
+
+
+def _deadline(ctx: RecipeContext, cfg: RunConfig, plan: Plan | None) -> tuple[RunConfig, Deadline | None]:
+    """The final run's deadline (the budget's end), and its config with the warmup that allows one.
+
+    A plan made before training reads the pace from a few timed steps, which on a machine
+    whose speed drifts misses by 10-15% either way (docs/benchmarks.md); the final run
+    instead re-plans its steps from its own first epoch (:mod:`cnnlab.train.deadline`).
+    That is exact only while the first epoch is warmup, so onecycle's rise is made an
+    explicit warmup of the same length (``pct_start`` x the planned epochs: the same
+    schedule but for its first rate, 0 instead of peak/25). When the rise is shorter than
+    one epoch (fewer than 1/pct_start planned epochs), or another schedule has no warmup of
+    an epoch, the run keeps its planned epochs: no deadline.
+    """
+    if plan is None or ctx.options.budget_seconds is None:
+        return cfg, None
+    sched = cfg.schedule
+    warmup = sched.pct_start * cfg.train.epochs if sched.name == "onecycle" and sched.warmup_epochs == 0 else sched.warmup_epochs
+    if warmup < 1:
+        return cfg, None
+    cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(sched, warmup_epochs=round(warmup, 3)))
+    left = ctx.options.budget_seconds - ctx.clock.spent()
+    return cfg, Deadline(time.time() + left, end_seconds=plan.fixed_seconds + REPORT_SECONDS, max_epochs=SATURATION_EPOCHS)
 
 
 def _confusion(run: RunFolder, path: Path) -> tuple[Path | None, str | None]:

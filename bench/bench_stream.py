@@ -1,0 +1,245 @@
+"""Streaming data: which shard engine, and the streaming loader against the usual loaders.
+
+    python bench/make_jpeg_folder.py --n 2000 --out /tmp/jpegs
+    python bench/bench_stream.py engines --folder /tmp/jpegs --work /tmp/bench-stream
+    python bench/bench_stream.py loaders --folder /tmp/jpegs --work /tmp/bench-stream [--batches 20]
+
+``engines``: the same images (longer side at most 256 px, JPEG quality 90) written with
+MosaicML streaming (MDS shards, when installed), Lightning litdata (chunks) and WebDataset (tar shards):
+prepare time, bytes on disk, and images/s reading + decoding + random-resized-crop to 224 +
+flip into a uint8 batch (4 decoding threads; MDS and litdata read in a shuffled order by
+random access, WebDataset in shard order, its only efficient order).
+
+``loaders``: training batches (224 px, float, normalised) per second and the peak memory
+(max RSS) of each loader, every case in a fresh process: cnnlab's StreamLoader on a store
+prepared with ``cnnlab data prepare``, torchvision's ImageFolder + DataLoader with 0 and 2
+workers (RandomResizedCrop + flip + ToTensor + Normalize), and litdata's own
+StreamingDataset + StreamingDataLoader (2 workers, the store's first part).
+
+Writes nothing outside ``--work``; prints one line per case and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 224
+BATCH = 128
+THREADS = 4
+
+
+def _files(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    files = [(str(p), i) for i, c in enumerate(classes) for p in sorted((folder / c).glob("*.jpg"))]
+    return files, classes
+
+
+def _encoded(files: list[tuple[str, int]]) -> list[tuple[bytes, int, int, int]]:
+    from cnnlab.data.store import _encode
+
+    out = []
+    for path, label in files:
+        data, h, w, *_ = _encode((path, 256, "jpeg", 3))
+        out.append((data, label, h, w))
+    return out
+
+
+def _crop(data: bytes, rng_seed: int) -> np.ndarray:
+    from PIL import Image
+
+    from cnnlab.data.stream import random_resized_box
+
+    rng = np.random.default_rng(rng_seed)
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    box = random_resized_box(rng, h, w)
+    im = im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=box)
+    if rng.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(im).transpose(2, 0, 1)
+
+
+def _read_rate(get, n: int, order: list[int]) -> float:  # noqa: ANN001 - get(i) -> bytes
+    start = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        for b in range(0, n, BATCH):
+            idx = order[b : b + BATCH]
+            batch = np.stack(list(pool.map(lambda i: _crop(get(i), i), idx)))
+            _ = batch.astype(np.float32)
+    return n / (time.perf_counter() - start)
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def engines(folder: Path, work: Path) -> dict:
+    files, _ = _files(folder)
+    t = time.perf_counter()
+    enc = _encoded(files)
+    encode_s = time.perf_counter() - t
+    n = len(enc)
+    order = np.random.default_rng(0).permutation(n).tolist()
+    results = {"images": n, "encode_seconds": round(encode_s, 2)}
+
+    try:
+        from streaming import MDSWriter
+        from streaming.base.format import reader_from_json
+
+        out = work / "mds"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        with MDSWriter(out=str(out), columns={"image": "bytes", "label": "int"}, size_limit=1 << 26) as w:
+            for data, label, _, _ in enc:
+                w.write({"image": data, "label": label})
+        prep = time.perf_counter() - t
+        shards = json.loads((out / "index.json").read_text())["shards"]
+        readers = [reader_from_json(str(out), None, s) for s in shards]
+        offsets = np.cumsum([0] + [r.samples for r in readers])
+
+        def mds_get(i: int) -> bytes:
+            k = int(np.searchsorted(offsets, i, side="right")) - 1
+            return readers[k].get_item(int(i - offsets[k]))["image"]
+
+        results["mds"] = {"prepare_s": round(prep, 2), "bytes": _size(out), "images_per_s": round(_read_rate(mds_get, n, order), 1)}
+    except ImportError as exc:  # mosaicml-streaming is not installed
+        results["mds"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    try:
+        import litdata
+        from litdata.streaming.writer import BinaryWriter
+
+        out = work / "litdata"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        writer = BinaryWriter(cache_dir=str(out), chunk_bytes=1 << 26)
+        for i, (data, label, _, _) in enumerate(enc):
+            writer.add_item(i, {"image": data, "label": label})
+        writer.done()
+        writer.merge()
+        prep = time.perf_counter() - t
+        ds = litdata.StreamingDataset(str(out))
+        results["litdata"] = {"prepare_s": round(prep, 2), "bytes": _size(out),
+                              "images_per_s": round(_read_rate(lambda i: ds[i]["image"], n, order), 1)}  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports an engine that fails, and goes on
+        results["litdata"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    import webdataset as wds
+
+    out = work / "wds"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t = time.perf_counter()
+    with wds.ShardWriter(str(out / "shard-%05d.tar"), maxsize=1 << 26, verbose=0) as sink:
+        for i, (data, label, _, _) in enumerate(enc):
+            sink.write({"__key__": f"{i:07d}", "jpg": data, "cls": str(label).encode()})
+    prep = time.perf_counter() - t
+    urls = [str(p) for p in sorted(out.glob("*.tar"))]
+    seq = [s["jpg"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]  # warm the page cache as the others are
+    t = time.perf_counter()
+    samples = [s["jpg"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    read_s = time.perf_counter() - t
+    rate = _read_rate(lambda i: samples[i], n, list(range(n)))
+    results["webdataset"] = {"prepare_s": round(prep, 2), "bytes": _size(out),
+                             "images_per_s": round(n / (read_s + n / rate), 1), "order": "sequential"}  # fmt: skip
+    del seq
+    return results
+
+
+# --------------------------------------------------------------------------- loaders, one process each
+
+
+def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
+    import torch
+
+    if name == "stream":
+        from cnnlab.config import DataConfig
+        from cnnlab.data.sources import load_splits
+        from cnnlab.data.stream import StreamLoader
+
+        splits = load_splits(DataConfig(source=str(store), loader="stream", image_size=SIZE, val_split=0, test_split=0))
+        mean, std = splits.stats
+        loader = StreamLoader(splits.train, batch_size=BATCH, mean=mean, std=std, train=True, workers=os.cpu_count())
+        it = iter(loader)
+    elif name.startswith("imagefolder"):
+        from torchvision import datasets, transforms
+
+        tf = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                 transforms.Normalize([0.5] * 3, [0.25] * 3)])  # fmt: skip
+        workers = int(name.rsplit("-", 1)[1])
+        ds = datasets.ImageFolder(str(folder), transform=tf)
+        it = iter(torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True))
+    elif name == "litdata-dataloader":
+        from litdata import StreamingDataLoader, StreamingDataset
+        from PIL import Image
+        from torchvision import transforms
+
+        tf = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                 transforms.Normalize([0.5] * 3, [0.25] * 3)])  # fmt: skip
+        part = store / "parts" / "part-00000"  # its own loader reads one litdata folder (1,024 images)
+        ds = StreamingDataset(str(part), shuffle=True, transform=lambda s: (tf(Image.open(io.BytesIO(s["image"])).convert("RGB")), 0))
+        it = iter(StreamingDataLoader(ds, batch_size=BATCH, num_workers=2, drop_last=True))
+    else:
+        raise SystemExit(f"unknown case {name}")
+    next(it)  # start-up (worker processes, first shard) is not counted
+    start = time.perf_counter()
+    done = 0
+    for _ in range(batches):
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            break
+        done += x.shape[0]
+    rate = done / (time.perf_counter() - start)
+    return {"case": name, "images_per_s": round(rate, 1), "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+
+
+def loaders(folder: Path, work: Path, batches: int) -> list[dict]:
+    store = work / "store"
+    if not (store / "cnnlab-store.json").is_file():
+        shutil.rmtree(store, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "cnnlab", "data", "prepare", str(folder), "--out", str(store)], check=True)
+    out = []
+    for name in ("stream", "imagefolder-0", "imagefolder-2", "litdata-dataloader"):
+        proc = subprocess.run([sys.executable, __file__, "case", name, "--folder", str(folder), "--work", str(work),
+                               "--batches", str(batches)], capture_output=True, text=True)  # fmt: skip
+        line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
+        out.append(json.loads(line) if line else {"case": name, "error": proc.stderr.strip().splitlines()[-1:]})
+        print(out[-1], file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=("engines", "loaders", "case"))
+    parser.add_argument("name", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", required=True, help="an image folder from make_jpeg_folder.py")
+    parser.add_argument("--work", required=True, help="where the stores are written")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches of 128 per loader (default 10)")
+    args = parser.parse_args(argv)
+    folder, work = Path(args.folder), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.what == "engines":
+        result = engines(folder, work)
+    elif args.what == "loaders":
+        result = loaders(folder, work, args.batches)
+    else:
+        result = _case(args.name, folder, work / "store", args.batches)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
