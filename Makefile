@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= test
-# The demo: cnnlab's main job, the 7-step recipe, for 5 minutes (93.76% mean of 3 seeds on 2 CPU cores, against
+# The demo: cnnlab's main job, the 7-step recipe, for 5 minutes (93.86% mean of 3 seeds on 2 CPU cores, against
 # 93.65% for the default configuration given the same budget; docs/benchmarks.md).
 DEMO_BUDGET ?= 5m
 
