@@ -14,7 +14,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -42,7 +41,7 @@ from cnnlab.train.fit import History, fit, model_label, seed_everything, validat
 from cnnlab.train.loaders import eval_loader
 from cnnlab.train.loop import EvalResult, evaluate
 from cnnlab.train.progress import PassProgress
-from cnnlab.train.runtime import Runtime, resolve_runtime
+from cnnlab.train.runtime import Runtime, launch_rank, resolve_runtime
 from cnnlab.train.track import MlflowTracker, check_tracking
 from cnnlab.transfer.finetune import fit_transfer
 
@@ -261,7 +260,7 @@ def _filesystem_errors(folder: RunFolder) -> Iterator[None]:
 def _is_main(runtime: Runtime | None) -> bool:
     # Before the runtime exists (it needs the config, which a resumed run reads under the
     # lock), torchrun's RANK says which process writes the folder.
-    return runtime.is_main if runtime is not None else int(os.environ.get("RANK", "0") or 0) == 0
+    return runtime.is_main if runtime is not None else launch_rank() == 0
 
 
 def run_training(

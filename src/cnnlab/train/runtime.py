@@ -59,7 +59,7 @@ class Runtime:
 
 def launch_rank() -> int:
     """This process's rank as torchrun set it (0 when not launched by torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
