@@ -2,7 +2,7 @@
 
     python bench/make_jpeg_folder.py --n 2000 --out /tmp/jpegs
     python bench/bench_stream.py engines --folder /tmp/jpegs --work /tmp/bench-stream
-    python bench/bench_stream.py loaders --folder /tmp/jpegs --work /tmp/bench-stream [--batches 20]
+    python bench/bench_stream.py loaders --folder /tmp/jpegs --work /tmp/bench-stream [--batches 30]
 
 ``engines``: the same images (longer side at most 256 px, JPEG quality 90) written with
 MosaicML streaming (MDS shards, when installed), Lightning litdata (chunks) and WebDataset (tar shards):
@@ -11,10 +11,16 @@ flip into a uint8 batch (4 decoding threads; MDS and litdata read in a shuffled 
 random access, WebDataset in shard order, its only efficient order).
 
 ``loaders``: training batches (224 px, float, normalised) per second and the peak memory
-(max RSS) of each loader, every case in a fresh process: cnnlab's StreamLoader on a store
-prepared with ``cnnlab data prepare``, torchvision's ImageFolder + DataLoader with 0 and 2
-workers (RandomResizedCrop + flip + ToTensor + Normalize), and litdata's own
-StreamingDataset + StreamingDataLoader (2 workers, the store's first part).
+of each loader, every case in a fresh process: cnnlab's StreamLoader on a store prepared
+with ``cnnlab data prepare``, torchvision's ImageFolder + DataLoader with 0 and 2 workers
+(RandomResizedCrop + flip + ToTensor + Normalize; persistent workers), and litdata's own
+StreamingDataset + StreamingDataLoader (2 workers, the store's first part). Each case skips
+2 warm-up batches (worker start, first shard), then times ``--batches`` batches, starting a
+new epoch when one ends. ``cpu_ms_per_image``: CPU time of the main and worker processes
+over the timed batches, per image (less sensitive than the rate to other jobs on the
+machine; 2 cores give at most 2,000 / it images/s). Memory: the main process's max RSS, and the peak over the case's
+life of the summed PSS of its whole process tree (main + worker processes, sampled every
+50 ms by the parent, so shared pages count once and the workers are not left out).
 
 Writes nothing outside ``--work``; prints one line per case and a JSON summary.
 """
@@ -29,6 +35,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +45,8 @@ import numpy as np
 SIZE = 224
 BATCH = 128
 THREADS = 4
+WARMUP = 2  # batches before the clock starts
+SAMPLE_S = 0.05  # tree memory sampling period
 
 
 def _files(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
@@ -160,6 +169,8 @@ def engines(folder: Path, work: Path) -> dict:
 
 # --------------------------------------------------------------------------- loaders, one process each
 
+CASES = ("stream", "imagefolder-0", "imagefolder-2", "litdata-dataloader")
+
 
 def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
     import torch
@@ -172,6 +183,11 @@ def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
         splits = load_splits(DataConfig(source=str(store), loader="stream", image_size=SIZE, val_split=0, test_split=0))
         mean, std = splits.stats
         loader = StreamLoader(splits.train, batch_size=BATCH, mean=mean, std=std, train=True, workers=os.cpu_count())
+
+        def restart():  # noqa: ANN202
+            loader.set_epoch(loader.epoch + 1)
+            return iter(loader)
+
         it = iter(loader)
     elif name.startswith("imagefolder"):
         from torchvision import datasets, transforms
@@ -180,7 +196,10 @@ def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
                                  transforms.Normalize([0.5] * 3, [0.25] * 3)])  # fmt: skip
         workers = int(name.rsplit("-", 1)[1])
         ds = datasets.ImageFolder(str(folder), transform=tf)
-        it = iter(torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True))
+        dl = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
+                                         persistent_workers=workers > 0)  # fmt: skip
+        restart = lambda: iter(dl)  # noqa: E731
+        it = restart()
     elif name == "litdata-dataloader":
         from litdata import StreamingDataLoader, StreamingDataset
         from PIL import Image
@@ -190,34 +209,97 @@ def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
                                  transforms.Normalize([0.5] * 3, [0.25] * 3)])  # fmt: skip
         part = store / "parts" / "part-00000"  # its own loader reads one litdata folder (1,024 images)
         ds = StreamingDataset(str(part), shuffle=True, transform=lambda s: (tf(Image.open(io.BytesIO(s["image"])).convert("RGB")), 0))
-        it = iter(StreamingDataLoader(ds, batch_size=BATCH, num_workers=2, drop_last=True))
+        sdl = StreamingDataLoader(ds, batch_size=BATCH, num_workers=2, drop_last=True)
+        restart = lambda: iter(sdl)  # noqa: E731
+        it = restart()
     else:
         raise SystemExit(f"unknown case {name}")
-    next(it)  # start-up (worker processes, first shard) is not counted
+    for _ in range(WARMUP):  # start-up (worker processes, first shard) is not counted
+        it = _next(it, restart)
+    cpu = _tree_cpu()
     start = time.perf_counter()
     done = 0
     for _ in range(batches):
-        try:
-            x, _ = next(it)
-        except StopIteration:
-            break
-        done += x.shape[0]
+        it = _next(it, restart)
+        done += BATCH
     rate = done / (time.perf_counter() - start)
-    return {"case": name, "images_per_s": round(rate, 1), "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+    cpu_ms = (_tree_cpu() - cpu) * 1e3 / done
+    return {"case": name, "images_per_s": round(rate, 1), "cpu_ms_per_image": round(cpu_ms, 3),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}  # fmt: skip
 
 
-def loaders(folder: Path, work: Path, batches: int) -> list[dict]:
+def _tree_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process and its live worker processes."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in (me, *me.children(recursive=True)):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _next(it, restart):  # noqa: ANN001, ANN202 - one batch; a new epoch when the last one ended
+    try:
+        x, _ = next(it)
+    except StopIteration:
+        it = restart()
+        x, _ = next(it)
+    assert x.shape[0] == BATCH
+    return it
+
+
+def _tree_pss(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """Sample the summed PSS of ``pid`` and its descendants every SAMPLE_S until ``stop``; the peak goes into ``peak``."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not stop.is_set():
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            break
+        for proc in procs:
+            try:
+                total += proc.memory_full_info().pss
+            except psutil.Error:
+                pass  # a worker that just ended
+        peak[0] = max(peak[0], total)
+        stop.wait(SAMPLE_S)
+
+
+def loaders(folder: Path, work: Path, batches: int, cases: tuple[str, ...] = CASES) -> list[dict]:
     store = work / "store"
     if not (store / "cnnlab-store.json").is_file():
         shutil.rmtree(store, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "cnnlab", "data", "prepare", str(folder), "--out", str(store)], check=True)
     out = []
-    for name in ("stream", "imagefolder-0", "imagefolder-2", "litdata-dataloader"):
-        proc = subprocess.run([sys.executable, __file__, "case", name, "--folder", str(folder), "--work", str(work),
-                               "--batches", str(batches)], capture_output=True, text=True)  # fmt: skip
-        line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
-        out.append(json.loads(line) if line else {"case": name, "error": proc.stderr.strip().splitlines()[-1:]})
+    for name in cases:
+        proc = subprocess.Popen([sys.executable, __file__, "case", name, "--folder", str(folder), "--work", str(work),
+                                 "--batches", str(batches)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        stop, peak = threading.Event(), [0]
+        sampler = threading.Thread(target=_tree_pss, args=(proc.pid, stop, peak), daemon=True)
+        sampler.start()
+        stdout, stderr = proc.communicate()
+        stop.set()
+        sampler.join()
+        line = stdout.strip().splitlines()[-1] if proc.returncode == 0 and stdout.strip() else None
+        out.append(json.loads(line) if line else {"case": name, "error": stderr.strip().splitlines()[-1:]})
+        if line:
+            out[-1]["tree_pss_mb"] = peak[0] >> 20
         print(out[-1], file=sys.stderr)
+    best = max((r["images_per_s"] for r in out if r["case"].startswith("imagefolder") and "images_per_s" in r), default=None)
+    for r in out:
+        if best and "images_per_s" in r:
+            r["vs_best_torchvision"] = round(r["images_per_s"] / best, 2)
     return out
 
 
@@ -227,14 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--folder", required=True, help="an image folder from make_jpeg_folder.py")
     parser.add_argument("--work", required=True, help="where the stores are written")
-    parser.add_argument("--batches", type=int, default=10, help="timed batches of 128 per loader (default 10)")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches of 128 per loader, after 2 warm-up ones (default 30)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"loaders to time, comma-separated (default {','.join(CASES)})")
     args = parser.parse_args(argv)
     folder, work = Path(args.folder), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.what == "engines":
         result = engines(folder, work)
     elif args.what == "loaders":
-        result = loaders(folder, work, args.batches)
+        result = loaders(folder, work, args.batches, tuple(c for c in args.cases.split(",") if c))
     else:
         result = _case(args.name, folder, work / "store", args.batches)
     print(json.dumps(result))

@@ -242,11 +242,11 @@ def report_skipped(skipped: tuple[tuple[str, str], ...], limit: int = 20) -> Non
 MAX_DURATION = 365 * 86400
 
 
-def parse_duration(text: str | None) -> float | None:
+def parse_duration(text: str | None, flag: str = "--budget") -> float | None:
     """``"600"``/``"600s"`` -> 600, ``"30m"`` -> 1800, ``"2h"`` -> 7200, ``"1h30m"`` -> 5400.
 
     Raises:
-        UsageError: not a duration, zero, or more than :data:`MAX_DURATION`.
+        UsageError: not a duration, zero, or more than :data:`MAX_DURATION` (naming ``flag``).
     """
     import re
 
@@ -256,9 +256,9 @@ def parse_duration(text: str | None) -> float | None:
         return None
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.strip().lower())
     if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.strip().lower()):
-        raise UsageError(f"--budget expects a duration like 600s, 30m, 2h or 1h30m, got '{text}'")
+        raise UsageError(f"{flag} expects a duration like 600s, 30m, 2h or 1h30m, got '{text}'")
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
     seconds = sum(float(n) * unit[u] for n, u in parts)
     if not 0 < seconds <= MAX_DURATION:
-        raise UsageError(f"--budget must be more than 0 s and at most 365 days, got '{text}'")
+        raise UsageError(f"{flag} must be more than 0 s and at most 365 days, got '{text}'")
     return seconds

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Run as a program (the `cnnlab` script, `python -m cnnlab`), not called from Python: a budget
+    # then counts from the process's start (cnnlab.uptime).
+    args.program = argv is None
     _setup_logging(quiet=bool(getattr(args, "quiet", False)))
     if getattr(args, "func", None) is None:
         parser.print_help()

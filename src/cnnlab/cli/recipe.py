@@ -82,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _recipe(args: argparse.Namespace) -> int:
     from cnnlab.cli.dashboard import live_dashboard
     from cnnlab.recipe.recipe import run_recipe
+    from cnnlab.uptime import process_started
 
     if args.report:
         from cnnlab.recipe.recipe import rewrite_report
@@ -95,7 +96,8 @@ def _recipe(args: argparse.Namespace) -> int:
     try:
         with live_dashboard(args.dashboard, "recipe", lambda: _dashboard_source(args, out, options)):
             result = run_recipe(cfg, out, options, resume=bool(args.resume), verbose=not args.quiet,
-                                storage=args.storage if args.resume else None)  # fmt: skip
+                                storage=args.storage if args.resume else None,
+                                started=process_started() if getattr(args, "program", False) else None)  # fmt: skip
     except KeyboardInterrupt:
         # One line, with the command that continues: every finished step (and trial) is saved.
         if (out / "recipe.json").is_file():

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.cli.common import add_data_args, add_quiet, data_overrides
+
+if TYPE_CHECKING:
+    from cnnlab.config import RunConfig
+    from cnnlab.train.deadline import Deadline
+
+log = logging.getLogger(__name__)
 
 
 class _Flags:
@@ -231,6 +238,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="--resume a run of your own model code (--model FILE.py:FACTORY) with the copy of that code "
                              "the run folder keeps (RUN/code/), checked against the sha256 its checkpoint records; "
                              "without it, --resume needs the same --model FILE.py:FACTORY again")  # fmt: skip
+    from cnnlab.recipe.planner import SATURATION_EPOCHS
+
+    parser.add_argument("--time", metavar="DURATION",
+                        help="train for this wall-clock time, e.g. 90s, 5m, 1h, counted from the command's start, "
+                             "the test pass included: the steps are planned from a short timing of the run's own "
+                             "steps and, when the first epoch is all warmup (onecycle's rise planned over 4+ epochs, "
+                             "or --warmup 1+), re-planned once from that epoch's pace; --epochs (or the --config's "
+                             f"train.epochs) is then a cap, else {SATURATION_EPOCHS} (where more epochs stop paying, "
+                             "as in `cnnlab recipe`); config.yaml records the steps trained; a --time too short for "
+                             "one step is refused with the least that fits; one process only (not under torchrun)")  # fmt: skip
     add_quiet(parser, "the test result line")
     add_run_args(parser)
     parser.set_defaults(func=_train)
@@ -295,16 +312,153 @@ def _train(args: argparse.Namespace) -> int:
     from cnnlab.run import result_line, run_training
     from cnnlab.train.runtime import launch_rank
 
+    started = _started(args)
+    seconds = _time_flag(args)
     if args.resume is not None:
         from cnnlab.models.user import allow_user_code, is_user_model
 
+        if seconds is not None:
+            log.info("--time with --resume: the run continues its recorded plan (config.yaml's train.steps); no new plan")
         named = args.model if args.model is not None and is_user_model(args.model) else None
         with allow_user_code(named, trust_copies=args.trust_code):  # a checkpoint alone never runs code
             summary = run_training(resume=args.resume, changes=_resume_changes(args), verbose=not args.quiet)
     else:
         cfg = load_run_config(args.config, run_overrides(args))
-        summary = run_training(cfg, args.out, verbose=not args.quiet)
+        deadline = None
+        if seconds is not None:
+            cfg, deadline = plan_timed_run(cfg, started, seconds, _epoch_cap(args, cfg), duration=args.time)
+        summary = run_training(cfg, args.out, verbose=not args.quiet, deadline=deadline)
     # --quiet drops the per-epoch lines, not the result (docs/training.md); under torchrun rank 0 alone prints it.
     if args.quiet and launch_rank() == 0 and (line := result_line(summary)):
         print(line, flush=True)
     return 0
+
+
+# --------------------------------------------------------------------------- --time
+
+#: ``--time``'s margin when no epoch corrects the plan (the first epoch is not all warmup, so the
+#: run keeps the steps its timing planned): the timing of a few steps misses an epoch's pace by
+#: 10-15% either way on a machine whose speed drifts (docs/benchmarks.md).
+UNCORRECTED_MARGIN = 0.15
+
+
+def _started(args: argparse.Namespace) -> float:
+    """When ``--time`` starts counting (``time.time()``): the process's start when run as a program
+    (Python's start-up and the imports count too, :mod:`cnnlab.uptime`), else now."""
+    import time
+
+    from cnnlab.uptime import process_started
+
+    now = time.time()
+    return now - (time.monotonic() - process_started()) if getattr(args, "program", False) else now
+
+
+def _time_flag(args: argparse.Namespace) -> float | None:
+    """``--time`` in seconds (None when not given), refused where it cannot hold.
+
+    Raises:
+        UsageError: not a duration, under torchrun, or with ``--steps``.
+    """
+    import os
+
+    from cnnlab.cli.common import parse_duration
+    from cnnlab.errors import UsageError
+
+    seconds = parse_duration(args.time, flag="--time")
+    if seconds is None:
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # the Trainer re-plans on one process only
+        raise UsageError("--time plans and re-plans one process's run, not a torchrun run; give --epochs or --steps instead")
+    if args.steps is not None:
+        raise UsageError("--time plans the run's steps itself; drop --steps (or --time)")
+    return seconds
+
+
+def _epoch_cap(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """``--time``'s cap on the epochs: ``--epochs`` or the ``--config``'s ``train.epochs``, else the recipe's saturation epochs."""
+    from cnnlab.config import load_yaml
+    from cnnlab.recipe.planner import SATURATION_EPOCHS
+
+    given = args.epochs is not None or (args.config is not None and "epochs" in (load_yaml(args.config).get("train") or {}))
+    return int(cfg.train.epochs) if given else SATURATION_EPOCHS
+
+
+def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: int, *,
+                   duration: str | None = None) -> tuple[RunConfig, Deadline | None]:  # fmt: skip
+    """``cnnlab train --time``: the run's steps, to end ``seconds`` after ``started``, and its deadline.
+
+    A short timing of the run's own steps (:func:`cnnlab.timing.measure_speed`) plans whole
+    epochs and a part of one, up to ``max_epochs``, counting each epoch's validation, the
+    test pass (and flip TTA's passes) and the run's second loading of its data. When that
+    plan makes the first epoch all warmup (:func:`cnnlab.train.deadline.deadline_schedule`:
+    onecycle's rise over ``1 / pct_start`` epochs or more), the run re-plans its steps once
+    from its first epoch's pace, exactly, as the recipe's final run does. Otherwise the
+    timing's plan stands, keeping :data:`UNCORRECTED_MARGIN` free for the timing's error.
+
+    Args:
+        cfg: the run's ``RunConfig``; its ``train.steps`` is replaced.
+        started: ``time.time()`` when the time began.
+        seconds: the time the run has, from ``started``, the test pass included.
+        max_epochs: at most this many epochs; recorded as ``train.epochs``, so the config,
+            run again with ``--time``, keeps the cap.
+        duration: ``--time`` as typed, for the message.
+
+    Returns:
+        The config with ``train.steps`` (and the warmup that allows the re-plan) set, which
+        the run's ``config.yaml`` records, and the ``Deadline`` that re-plans it (None: none).
+
+    Raises:
+        UsageError: a transfer run (not timed: it caches features and may train a frozen
+            phase before its epochs), or not one step fits
+            (the message names the least ``--time`` that does).
+    """
+    import dataclasses
+    import math
+    import time
+
+    from cnnlab.errors import UsageError
+    from cnnlab.run import is_transfer_run, load_data
+    from cnnlab.timing import EPOCH_OVERHEAD, measure_speed
+    from cnnlab.train.deadline import Deadline, deadline_schedule
+    from cnnlab.train.fit import validation_images
+    from cnnlab.train.loaders import train_loader
+    from cnnlab.train.runtime import resolve_runtime
+
+    flag = f"--time {duration or f'{seconds:g}s'}"
+    if is_transfer_run(cfg):
+        raise UsageError(f"{flag}: a transfer run (--transfer, --pretrained, --backbone or a backbone --model) is not "
+                         "timed (its feature caching and frozen phase come before its epochs); give --epochs instead")  # fmt: skip
+    tc, loading = cfg.train, time.time()
+    splits = load_data(cfg)
+    loading = time.time() - loading  # the run loads its data again before its first step
+    steps_per_epoch = len(train_loader(splits, cfg, resolve_runtime(tc)))
+    speed = measure_speed(cfg, splits)
+    val_images = len(validation_images(splits, tc))
+    val_seconds = speed.eval_seconds(val_images) * EPOCH_OVERHEAD
+    epoch_seconds = speed.epoch_seconds(len(splits.train), val_images)
+    # the test pass, twice with flip TTA; tta auto first validates plain and flipped (3 passes) and may flip the test
+    end_seconds = speed.eval_seconds(len(splits.test) * (1 if tc.tta == "off" else 2) + (3 * val_images if tc.tta == "auto" else 0))
+    now = time.time()
+
+    def plan(margin: float) -> int:
+        deadline = Deadline(started + seconds, end_seconds=end_seconds + loading, max_epochs=max_epochs, margin=margin)
+        return deadline.total_steps(now, 0, steps_per_epoch, epoch_seconds, val_seconds)
+
+    steps = plan(Deadline.margin)
+    schedule = deadline_schedule(cfg.schedule, steps / steps_per_epoch)
+    if schedule is None:
+        steps = plan(UNCORRECTED_MARGIN)
+    if steps < 1:
+        step_seconds = (epoch_seconds - val_seconds) / steps_per_epoch
+        need = math.ceil(now - started + loading + end_seconds + (val_seconds + step_seconds) / (1 - UNCORRECTED_MARGIN))
+        raise UsageError(f"{flag} is too short for one step of this run: its timing, loading, one step, a validation and "
+                         f"the test pass need about {need} s; give --time {need}s or more (or a smaller --val-subset)")  # fmt: skip
+    how = ("re-planned once from the first epoch's pace" if schedule is not None
+           else "kept: no warmup of a whole epoch to re-plan in")  # fmt: skip
+    log.info("%s: timed %.1f s per epoch of %d steps; planned %d steps (%.2f epochs, at most %d), %s",
+             flag, epoch_seconds, steps_per_epoch, steps, steps / steps_per_epoch, max_epochs, how)  # fmt: skip
+    if steps < steps_per_epoch:
+        log.warning("%s fits %d of an epoch's %d steps: the run trains part of one epoch", flag, steps, steps_per_epoch)
+    cfg = dataclasses.replace(cfg, schedule=schedule or cfg.schedule,
+                              train=dataclasses.replace(tc, steps=steps, epochs=max_epochs))  # fmt: skip
+    return cfg, Deadline(started + seconds, end_seconds=end_seconds, max_epochs=max_epochs) if schedule is not None else None

@@ -12,11 +12,13 @@ _MODEL_HELP = "a run folder (uses its best.pt, else last.pt), a .pt checkpoint o
 
 EVAL_EPILOG = """\
 By default the model is evaluated on the test split of the data it was trained on (rebuilt
-from the run's config, so the held-out splits are the same) and the results go into the run
+from the run's config, so the held-out splits are the same; a prepared store is streamed or
+decoded into memory as the run did it, --loader overrides) and the results go into the run
 folder. Any other evaluation writes to a folder of its own inside the run folder, named by
 what differs: RUN/eval-<model file>-<data>-<split>-<settings>, e.g. RUN/eval-val,
 RUN/eval-test-size64 (--image-size 64), RUN/eval-test-tta, RUN/eval-last-test (last.pt),
-RUN/eval-photos-<digest of its path>-test (--data photos/). So the run's own eval.json is
+RUN/eval-photos-<digest of its path>-test (--data photos/), RUN/eval-test-memory (--loader
+memory on a run that streamed its store). So the run's own eval.json is
 never overwritten by another setting's result; the same evaluation replaces its own files.
 --out DIR must not be another run's folder (nor this run's, for a non-default evaluation);
 earlier eval.json / confusion.png / top_losses.png / reliability.png in it are replaced only
@@ -40,7 +42,9 @@ examples:
 PREDICT_EPILOG = """\
 Each file is decoded exactly as the training images were (EXIF rotation, colour mode,
 shorter side resized to the model's input size, centre crop) and normalised with the
-training mean/std stored in the checkpoint. Folders are searched recursively for image
+training mean/std stored in the checkpoint. A model trained by streaming a prepared store
+(--loader stream) was evaluated on the centre 87.5% of the shorter side (224 px from 256):
+its files are cropped the same way. Folders are searched recursively for image
 files (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm .pbm). A file that cannot be
 read gets an error line and the others are still predicted; the exit code is then 1.
 
@@ -93,6 +97,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--top-losses", type=number(integer=True, lo=0, hi=1000), default=24, metavar="N", help="images in top_losses.png")
     _add_runtime_args(ev, "the run's eval batch size")
     add_data_args(ev, of_run=True)
+    data_group = next(g for g in ev._action_groups if g.title == "data")  # add_data_args' group
+    data_group.add_argument(
+        "--loader", choices=("auto", "memory", "stream"),
+        help="a store as data: stream it batch by batch (the centre crop the run validated on), decode it into memory, "
+             "or auto (as `cnnlab train` decides); default: as the run was trained")  # fmt: skip
     ev.set_defaults(func=_eval)
     add_user_code_args(ev)
 
@@ -135,7 +144,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     from cnnlab.infer.evaluate import plan_evaluation, write_report
 
-    plan = plan_evaluation(args.checkpoint, data=data_overrides(args), split=args.split, tta=args.tta, device=args.device)
+    data = {**data_overrides(args), "loader": args.loader}
+    plan = plan_evaluation(args.checkpoint, data=data, split=args.split, tta=args.tta, device=args.device)
     out = plan.output_dir(args.out, force=args.force)  # refused before the work, not after it
     report = plan.run(args.batch_size)
     paths = write_report(report, out, limit=args.top_losses)

@@ -12,9 +12,12 @@ images stay in the store's shards and each batch is read and decoded when it is 
 - evaluation: the shorter side resized to ``size / 0.875`` and the centre ``size`` x
   ``size`` crop (torchvision's reference recipe, 224 from 256).
 
-Decoding runs in a pool of threads (Pillow releases the GIL while it decodes and resizes)
-a few batches ahead of the training step. Randomness is a pure function of ``(seed,
-epoch, rank, batch)``, as in ``DeviceLoader``: the epoch's order is the same permutation
+Decoding runs in a pool of threads a few batches ahead of the training step, each task a
+slice of a batch written straight into the batch's uint8 buffer: the stored bytes are read
+at their offsets in the chunk files, a JPEG is decoded by simplejpeg and the crop resized
+by torch (both release the GIL; Pillow decodes other formats, and JPEGs when simplejpeg is
+missing), see :meth:`~cnnlab.data.store.Store.decode_crop`. Randomness is a pure function
+of ``(seed, epoch, rank, batch)``, as in ``DeviceLoader``: the epoch's order is the same permutation
 of the split (seeded by ``(seed, epoch)``), each rank takes its disjoint slice of it, and
 a batch's crops and flips are drawn from a generator seeded by ``(seed, epoch, rank,
 batch)`` in the main thread, before any decoding, so thread timing cannot change them. A
@@ -25,6 +28,7 @@ have seen.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -40,6 +44,8 @@ from cnnlab.errors import CnnlabError
 CROP_SCALE = (0.08, 1.0)  # random-resized-crop: fraction of the image's area
 CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio (torchvision's defaults)
 PREFETCH = 3  # batches decoded ahead of the one being trained on
+TASKS_PER_WORKER = 2  # slices of a batch per decoding thread: few Python calls, threads still balanced
+CONVERT_CHUNK = 8  # images converted to float at a time on the CPU (they stay in the cache)
 
 Box = tuple[float, float, float, float]
 
@@ -150,25 +156,32 @@ class StreamLoader(EpochOrder):
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate the current epoch from batch ``start_batch`` (exact mid-epoch resume)."""
         order = self.order()
-        pending: deque[tuple[int, torch.Tensor, list[Future]]] = deque()
+        pending: deque[tuple[int, torch.Tensor, torch.Tensor, list[Future]]] = deque()
         batches = iter(range(start_batch, len(self)))
+        c, size = self.data.channels, self.data.size
 
         def submit() -> None:
             b = next(batches, None)
             if b is not None:
                 idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                pending.append((b, idx, [self._executor().submit(self._decode, *job) for job in self.jobs(idx, b)]))
+                jobs = self.jobs(idx, b)
+                raw = torch.empty((len(jobs), c, size, size), dtype=torch.uint8)
+                step = max(1, math.ceil(len(jobs) / (self.workers * TASKS_PER_WORKER)))
+                futures = [self._executor().submit(self._decode_slice, jobs[a : a + step], raw[a : a + step])
+                           for a in range(0, len(jobs), step)]  # fmt: skip
+                pending.append((b, idx, raw, futures))
 
         for _ in range(PREFETCH):
             submit()
         try:
             while pending:
-                b, idx, futures = pending.popleft()
+                b, idx, raw, futures = pending.popleft()
                 submit()
-                raw = torch.from_numpy(np.stack([f.result() for f in futures]))
+                for f in futures:
+                    f.result()
                 yield self._make_batch(raw, b), self.labels.index_select(0, idx).to(self.device)
         finally:
-            for _, _, futures in pending:
+            for *_, futures in pending:
                 for f in futures:
                     f.cancel()
 
@@ -198,8 +211,14 @@ class StreamLoader(EpochOrder):
             out.append((int(i), box, bool(rng.random() < 0.5)))
         return out
 
-    def _decode(self, i: int, box: Box, flip: bool) -> np.ndarray:
-        return self.data.store.decode(i, box, flip, self.data.size, self.data.channels)
+    def _decode_slice(self, jobs: list[tuple[int, Box, bool]], out: torch.Tensor) -> None:
+        """Decode ``jobs`` into ``out`` (uint8, one image per job): one thread's share of a batch."""
+        store = self.data.store
+        for (i, box, flip), dst in zip(jobs, out):
+            if self.train:  # integer boxes: crop, resize, flip (the fast path)
+                store.decode_crop(i, box, flip, dst)  # type: ignore[arg-type]
+            else:  # the evaluation's centre box, as every other reader of the store resizes it
+                np.copyto(dst.numpy(), store.decode(i, box, flip, self.data.size, self.data.channels))
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -213,14 +232,48 @@ class StreamLoader(EpochOrder):
             self._pool = None
 
     def _make_batch(self, raw: torch.Tensor, batch_index: int) -> torch.Tensor:
-        raw = raw.to(self.device, non_blocking=True)
-        if self.augment is None:
-            x = torch.addcmul(self._shift, raw.to(self.dtype), self._scale_u8)
+        if self.device.type == "cpu":
+            x = _to_float(raw, self._scale_u8, self._shift, self.dtype) if self.augment is None else _to_float(
+                raw, torch.full_like(self._scale_u8, 1.0 / 255.0), torch.zeros_like(self._shift), self.dtype)
         else:
+            raw = raw.to(self.device, non_blocking=True)
+            if self.augment is None:
+                x = torch.addcmul(self._shift, raw.to(self.dtype), self._scale_u8)
+            else:
+                x = raw.to(self.dtype).mul_(1.0 / 255.0)
+        if self.augment is not None:
             self._gen.manual_seed(derive_seed(self.seed, self.epoch, self.rank, batch_index))
-            x = raw.to(self.dtype).mul_(1.0 / 255.0)
             x = self.augment(x, self._gen)
             x = torch.addcmul(self._shift, x, self._scale)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def _to_float(raw: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``raw * scale + shift`` as ``dtype`` on the CPU, a few images at a time, into memory backed by huge pages.
+
+    Measured on 2 cores (a batch of 128 x 3 x 224 x 224): ``addcmul(shift, raw.float(),
+    scale)`` takes 0.7-1.1 ms per image, mostly page faults on the fresh 77 MB output
+    (4 KiB pages) and passes over arrays larger than the cache; converting 8 images at a
+    time into an output that asks for 2 MiB pages takes 0.07-0.3 ms. The values agree to float rounding.
+    """
+    out = _empty_huge(raw.shape, dtype)
+    scale, shift = scale[0].to(dtype), shift[0].to(dtype)
+    for a in range(0, raw.shape[0], CONVERT_CHUNK):
+        out[a : a + CONVERT_CHUNK].copy_(raw[a : a + CONVERT_CHUNK]).mul_(scale).add_(shift)
+    return out
+
+
+def _empty_huge(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor whose memory asks the kernel for transparent huge pages (where it has them)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None or nbytes < (4 << 20):
+        return torch.empty(shape, dtype=dtype)
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buffer.madvise(advice)
+    except OSError:
+        pass  # THP disabled: ordinary pages
+    return torch.frombuffer(buffer, dtype=dtype).view(shape)  # the tensor keeps the mapping alive

@@ -5,6 +5,10 @@ rebuilt from the configuration it stores (with the same held-out splits, because
 are seeded). Another source can be given instead; it is decoded to the model's image
 shape, and must have the same number of classes. Either way the images are normalised
 with the *training* mean/std stored in the checkpoint, as at training time.
+
+A run trained from a prepared store is evaluated the way its own validation was: streamed
+batch by batch (the centre crop of :mod:`cnnlab.data.stream`, never the whole split decoded
+in memory) when it streamed, decoded into memory when it did (``data.loader`` overrides).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import torch
 
 from cnnlab.config import DataConfig, from_dict, merge
 from cnnlab.data.sources import Splits, load_splits
+from cnnlab.data.store import StoreSplit, is_store
+from cnnlab.data.stream import StreamLoader
 from cnnlab.checkpoint import resolve_checkpoint
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.infer.calibration import Calibration, calibrate, reliability_diagram, store_temperature
 from cnnlab.infer.outputs import EVAL_FILES, check_output_dir, is_run_folder, same_folder, write_error, writable_folder_problem
-from cnnlab.infer.predict import Predictor, load_predictor
+from cnnlab.infer.predict import Predictor, load_predictor, trained_loader
 from cnnlab.io import atomic_write_json
 from cnnlab.report.plots import captioned_grid, confusion_plot
 from cnnlab.train.loop import evaluate
@@ -51,7 +57,8 @@ class EvalReport:
         metrics: accuracy, top-5, per-class scores and confusion matrix.
         probs: float32 (N, classes) softmax probabilities.
         labels: int64 (N,) true classes.
-        images: uint8 (N, C, H, W) the evaluated images (for the top-losses grid).
+        images: the evaluated images, uint8 (C, H, W) each by index (for the top-losses
+            grid): an (N, C, H, W) array, or :class:`StreamedImages` that decodes only those shown.
         warnings: things the user should know about the numbers.
         changed: data settings that differ from those of the data evaluated by default
             (``{"image_size": 64}``); they name the output folder.
@@ -72,7 +79,7 @@ class EvalReport:
     metrics: ClassificationMetrics
     probs: np.ndarray
     labels: np.ndarray
-    images: np.ndarray
+    images: np.ndarray | StreamedImages
     warnings: tuple[str, ...] = ()
     changed: dict[str, Any] = field(default_factory=dict)
     folder_default: bool = True
@@ -96,6 +103,36 @@ class EvalReport:
                 "loss": self.loss,
                 **self.metrics.as_dict(), "top_losses": worst, "warnings": list(self.warnings),
                 "calibration": self.calibration.as_dict() if self.calibration is not None else None}  # fmt: skip
+
+
+class StreamedImages:
+    """The images of a streamed split by index, each decoded when asked for, as its evaluation saw it.
+
+    The top-losses grid shows a few images of a split that is not held in memory.
+    """
+
+    def __init__(self, split: StoreSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """uint8 (C, H, W): image ``i`` of the split, made by the evaluation loader itself (unnormalised)."""
+        c = self.split.channels
+        # mean 0, std 1/255: the loader's normalisation leaves the 0..255 pixel values as they were decoded
+        loader = StreamLoader(self.split.subset(np.array([i])), batch_size=1, mean=(0.0,) * c, std=(1 / 255,) * c,
+                              train=False, workers=1)  # fmt: skip
+        try:
+            x, _ = next(iter(loader))
+        finally:
+            loader.close()
+        return x[0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def split_images(part: Any) -> np.ndarray | StreamedImages:
+    """What the top-losses grid reads a split's images from: in memory, or decoded one by one from a store."""
+    return StreamedImages(part) if isinstance(part, StoreSplit) else part.images
 
 
 def top_losses(probs: np.ndarray, labels: np.ndarray, limit: int = TOP_LOSSES) -> np.ndarray:
@@ -149,7 +186,14 @@ def eval_data_setting(
     elif trained_on is None:
         raise CnnlabError(f"{pred.path} does not record the data it was trained on; choose the data with --data")
     else:
-        base = {**trained_on, "augment": ""}  # augmentation never applies to evaluation
+        # Augmentation never applies to evaluation; a store is batched as the run batched it (not
+        # chosen again by `auto`, whose choice depends on the memory free now).
+        base = {**trained_on, "augment": "", "loader": trained_loader(pred.data)}
+    if not is_store(base["source"]):
+        if overrides.get("loader") == "stream":
+            raise UsageError(f"--loader stream reads a prepared store, and {base['source']} is not one; "
+                             "evaluate it without --loader")  # fmt: skip
+        overrides.pop("loader", None)  # any other source is decoded into memory
     try:
         default = from_dict(DataConfig, base, where="data")
     except CnnlabError as exc:  # the model file's record, not what the user typed
@@ -173,7 +217,12 @@ def _load_eval_splits(pred: Predictor, cfg: DataConfig, own: bool) -> tuple[Spli
     if own:
         train = (pred.config or {}).get("train", {})
         splits = load_splits(cfg, train_subset=train.get("train_subset"), subset_seed=train.get("seed", 0))
-        if splits.fingerprint != pred.data.get("fingerprint"):
+        streamed = "stream" if isinstance(splits.test, StoreSplit) else "memory"
+        if is_store(cfg.source) and streamed != trained_loader(pred.data):
+            notes.append(f"the run {'streamed' if streamed == 'memory' else 'decoded into memory'} its store and this "
+                         f"evaluation {'streams' if streamed == 'stream' else 'decodes'} it (--loader {streamed}): the "
+                         "images are cropped otherwise, so these numbers are not the run's own test accuracy")  # fmt: skip
+        elif splits.fingerprint != pred.data.get("fingerprint"):
             notes.append(f"the data of {cfg.source} (or its split settings) changed since training; "
                          "these numbers are not comparable with the run's own test accuracy")  # fmt: skip
         return splits, notes
@@ -285,7 +334,7 @@ class Evaluation:
             checkpoint=pred.path, model=str(pred.model_args.get("name", "model")), data_name=splits.name,
             source=cfg.source, split=self.split, own_data=self.own_data, tta=self.tta, loss=result.loss,
             metrics=metrics, probs=result.logits.softmax(1).numpy(), labels=result.labels.numpy(),
-            images=part.images, warnings=tuple(notes), changed=dict(self.changed), folder_default=self.folder_default,
+            images=split_images(part), warnings=tuple(notes), changed=dict(self.changed), folder_default=self.folder_default,
             calibration=calibration,
         )  # fmt: skip
 
@@ -401,7 +450,7 @@ def _label(text: str) -> str:
 
 # How a changed data setting reads in a folder name: --image-size 64 -> size64.
 _SETTING_LABELS = {"image_size": "size", "channels": "ch", "val_split": "valsplit", "test_split": "testsplit",
-                   "split_seed": "splitseed", "normalize": "", "class_subset": "classes"}  # fmt: skip
+                   "split_seed": "splitseed", "normalize": "", "class_subset": "classes", "loader": ""}  # fmt: skip
 
 
 def _setting_label(key: str, value: Any) -> str:

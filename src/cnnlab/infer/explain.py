@@ -280,7 +280,7 @@ def explain_files(
     decoded: list[tuple[str, np.ndarray | None, str | None]] = []
     for f in files:
         try:
-            decoded.append((str(f), read_image(f, pred.image_shape), None))
+            decoded.append((str(f), read_image(f, pred.image_shape, pred.eval_crop), None))
         except CnnlabError as exc:  # reported per file in the result, like predict's
             decoded.append((str(f), None, str(exc).removeprefix(f"{f}: ")))
     good = [arr for _, arr, _ in decoded if arr is not None]

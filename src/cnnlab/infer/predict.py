@@ -13,6 +13,12 @@ them is meaningless. Two things make that so here:
 
 A PNG written from a dataset image therefore gets exactly the logits the in-memory image
 got during evaluation (``tests/infer`` checks this).
+
+A model trained by streaming a prepared store evaluated on the centre of each image: the
+shorter side resized to ``size / eval_crop`` and the centre ``size`` x ``size`` crop
+(:mod:`cnnlab.data.stream`; ``eval_crop`` is 0.875, 224 from 256). Its files are cropped so
+(:func:`decode_centre_crop`), with the store's own resize, so a file the store keeps as it is
+(``--max-side native``) gets the logits `cnnlab eval` gave it (``tests/data/test_stream_runs.py``).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import torch
 from torch import nn
 
 from cnnlab.config import TrainConfig
-from cnnlab.data.decode import readable
+from cnnlab.data.decode import _convert, readable
 from cnnlab.data.images import IMAGE_SUFFIXES, decode_image, parallel_map
 from cnnlab.data.imageset import ImageSet
 from cnnlab.data.loader import DeviceLoader
+from cnnlab.data.store import EVAL_CROP, StoreSplit
+from cnnlab.data.stream import StreamLoader, center_box
 from cnnlab.errors import CnnlabError
 from cnnlab.infer.calibration import calibration_path, stored_temperature
 from cnnlab.infer.saved import read_saved_model
@@ -113,7 +121,15 @@ class Predictor:
         c, h, w = (int(v) for v in self.data["image_shape"])
         return c, h, w
 
-    def loader(self, images: ImageSet, batch_size: int) -> DeviceLoader:
+    @property
+    def eval_crop(self) -> float | None:
+        """The centre fraction of the shorter side that evaluation fed the model (a run streamed
+        from a store); None: the whole shorter side (the decode cache's square)."""
+        if "eval_crop" in self.data:
+            return float(self.data["eval_crop"])
+        return EVAL_CROP if trained_loader(self.data) == "stream" else None
+
+    def loader(self, images: ImageSet | StoreSplit, batch_size: int) -> DeviceLoader | StreamLoader:
         """Evaluation batches of ``images``, normalised with the training statistics."""
         return build_loader(images, (self.data["mean"], self.data["std"]), self.runtime, batch_size=batch_size)
 
@@ -153,10 +169,12 @@ class Predictor:
         if h != w:  # the decoder makes square images, as the training cache did
             raise CnnlabError(f"the model expects {h}x{w} images; only square image shapes can be predicted from files")
         k = max(1, min(topk, len(self.classes)))
-        jobs = [(str(p), h, c) for p in paths]
+        crop = self.eval_crop
+        decode, jobs = (decode_image, [(str(p), h, c) for p in paths]) if crop is None else \
+            (decode_centre_crop, [(str(p), h, c, crop) for p in paths])  # fmt: skip
         pending: list[tuple[str, np.ndarray | None, str | None]] = []
-        for (file, _, _), (arr, err) in zip(jobs, parallel_map(decode_image, jobs, "decoding")):
-            pending.append((file, arr, err))
+        for job, (arr, err) in zip(jobs, parallel_map(decode, jobs, "decoding")):
+            pending.append((job[0], arr, err))
             if len(pending) == batch_size:
                 yield from self._classify(pending, k, batch_size)
                 pending = []
@@ -177,7 +195,7 @@ class Predictor:
                 yield Prediction(file, error="the model's output is not finite (NaN/inf) for this image")
                 continue
             top = np.argsort(-p, kind="stable")[:k]
-            converted, warning = describe_input(file, c, size)
+            converted, warning = describe_input(file, c, size, self.eval_crop)
             yield Prediction(file, tuple(int(i) for i in top), tuple(self.classes[i] for i in top),
                              tuple(float(p[i]) for i in top), converted=converted, warning=warning)  # fmt: skip
 
@@ -198,8 +216,10 @@ _MODE_NOTES = {
 }  # fmt: skip
 
 
-def describe_input(path: str | Path, channels: int, size: int) -> tuple[tuple[str, ...], str | None]:
+def describe_input(path: str | Path, channels: int, size: int, crop: float | None = None) -> tuple[tuple[str, ...], str | None]:
     """What decoding ``path`` for a model of ``channels`` x ``size`` x ``size`` changes, and a warning.
+
+    ``crop``: the centre fraction of the shorter side that is kept (:func:`decode_centre_crop`).
 
     Only the file's header is read (its colour mode and size, EXIF rotation applied), so
     this is cheap next to decoding.
@@ -224,7 +244,11 @@ def describe_input(path: str | Path, channels: int, size: int) -> tuple[tuple[st
     if mode != target or transparent:
         note = _MODE_NOTES.get(mode, "") if mode != target else "transparency composited onto white"
         converted.append(f"mode {mode} -> {target}" + (f" ({note})" if note else ""))
-    if (w, h) != (size, size):
+    if crop is not None:
+        side = crop * min(w, h)
+        how = ["enlarged"] if side < size else ["shrunk"] if side > size else []
+        converted.append(f"size {w}x{h} -> {size}x{size} ({', '.join(how + [f'centre {crop:.1%} of the shorter side'])})")
+    elif (w, h) != (size, size):
         how = ["enlarged"] if min(w, h) < size else ["shrunk"] if min(w, h) > size else []
         how += ["centre-cropped to a square"] if w != h else []
         converted.append(f"size {w}x{h} -> {size}x{size} ({', '.join(how)})")
@@ -273,14 +297,65 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def read_image(path: str | Path, image_shape: Sequence[int]) -> np.ndarray:
+def trained_loader(data: dict[str, Any]) -> str:
+    """``stream`` or ``memory``: how a run's data was batched, from its checkpoint's data description.
+
+    Checkpoints written before the description recorded ``loader`` name it in the data's
+    name (``photos.store (store, 224px, stream)``).
+    """
+    if "loader" in data:
+        return str(data["loader"])
+    return "stream" if str(data.get("source", "")).endswith(", stream)") else "memory"
+
+
+def decode_centre_crop(args: tuple[str, int, int, float]) -> tuple[np.ndarray | None, str | None]:
+    """Decode one file as a streamed run's evaluation decoded a stored image, or return why it failed.
+
+    The file is made upright and converted as ``cnnlab data prepare`` stores it, then its
+    centre square of ``crop`` x the shorter side is resized to ``size`` x ``size`` as
+    :meth:`cnnlab.data.store.Store.decode` resizes it (bilinear over the box; a JPEG decoded
+    at a reduced scale when the box is more than twice the size).
+
+    Args:
+        args: ``(path, size, channels, crop)``.
+
+    Returns:
+        ``(uint8 (C, size, size), None)``, or ``(None, reason)``.
+    """
+    from PIL import Image, ImageOps  # lazy: only predicting from files needs PIL
+
+    path, size, channels, crop = args
+    try:
+        with Image.open(path) as im:
+            if min(im.size) < 1:
+                return None, f"image has no pixels ({im.size[0]}x{im.size[1]})"
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees: the upright sides swap
+                w, h = h, w
+            need = size / max(1.0, crop * min(w, h))
+            if im.format == "JPEG" and need < 0.5:
+                im.draft(im.mode, (max(1, int(im.size[0] * need + 1)), max(1, int(im.size[1] * need + 1))))
+            im = _convert(ImageOps.exif_transpose(im), channels)
+            sx, sy = im.size[0] / w, im.size[1] / h  # a reduced-scale decode rounds each side up on its own
+            left, top, right, bottom = center_box(h, w, crop)
+            box = (left * sx, top * sy, right * sx, bottom * sy)
+            im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt data surfaces as many exception types
+        return None, f"corrupt or truncated image: {readable(str(exc))}"
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), None
+
+
+def read_image(path: str | Path, image_shape: Sequence[int], crop: float | None = None) -> np.ndarray:
     """Decode one file as training did: uint8 (C, H, W) with the given shape.
+
+    ``crop``: a streamed run's centre fraction of the shorter side (:attr:`Predictor.eval_crop`).
 
     Raises:
         CnnlabError: the file is missing, not an image, or corrupt.
     """
     c, h, _ = (int(v) for v in image_shape)
-    arr, err = decode_image((str(path), h, c))
+    arr, err = decode_image((str(path), h, c)) if crop is None else decode_centre_crop((str(path), h, c, crop))
     if arr is None:
         raise CnnlabError(f"{path}: {_short_error(err or 'unreadable')}")
     return arr

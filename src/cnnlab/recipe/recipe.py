@@ -168,7 +168,7 @@ def _check_new_folder(out_dir: Path) -> None:
 
 def run_recipe(
     cfg: RunConfig | None, out_dir: str | Path, options: RecipeOptions | None = None, *, resume: bool = False,
-    verbose: bool = True, storage: str | None = None,
+    verbose: bool = True, storage: str | None = None, started: float | None = None,
 ) -> RecipeResult:  # fmt: skip
     """Run (or continue, with ``resume``) the seven steps; see the module docstring.
 
@@ -180,6 +180,8 @@ def run_recipe(
         verbose: print the final training's epoch lines.
         storage: with ``resume``, the study storage URL again (recipe.json keeps it with
             its password masked); it must name the storage the recipe started with.
+        started: when this session's time began on the ``time.monotonic()`` clock (default:
+            now); the command line passes the process's start, so start-up counts too.
 
     Raises:
         CnnlabError: ``out_dir`` already holds a recipe or other files (without ``resume``),
@@ -209,11 +211,12 @@ def run_recipe(
             _check_new_folder(out_dir)  # again, under the lock: another recipe may have started here meanwhile
             state = RecipeState(config=to_dict(cfg), options=dataclasses.asdict(options.masked()))
             state.save(out_dir)
-        return _run_locked(cfg, out_dir, options, state, verbose=verbose)
+        return _run_locked(cfg, out_dir, options, state, verbose=verbose, started=started)
 
 
-def _run_locked(cfg: RunConfig, out_dir: Path, options: RecipeOptions, state: RecipeState, *, verbose: bool) -> RecipeResult:
-    ctx = RecipeContext(cfg, options, out_dir, state, RECIPE_STEPS, verbose=verbose)
+def _run_locked(cfg: RunConfig, out_dir: Path, options: RecipeOptions, state: RecipeState, *, verbose: bool,
+                started: float | None) -> RecipeResult:  # fmt: skip
+    ctx = RecipeContext(cfg, options, out_dir, state, RECIPE_STEPS, verbose=verbose, started=started)
     stopped = None
     try:
         with trial_logs_hushed():  # an interrupted step must not suggest `cnnlab train --resume <its run>`

@@ -136,11 +136,16 @@ class RecipeState:
 
 
 class Clock:
-    """The budget: wall time spent in this process plus what earlier sessions spent."""
+    """The budget: wall time spent in this process plus what earlier sessions spent.
 
-    def __init__(self, state: RecipeState, budget: float | None) -> None:
+    ``start`` is when this session's time began on the ``time.monotonic()`` clock (default:
+    now); the command line passes the process's own start, so Python's start-up and the
+    imports count against the budget too (:func:`cnnlab.uptime.process_started`).
+    """
+
+    def __init__(self, state: RecipeState, budget: float | None, start: float | None = None) -> None:
         self.state, self.budget = state, budget
-        self._start, self._base = time.monotonic(), state.spent_seconds
+        self._start, self._base = (time.monotonic() if start is None else start), state.spent_seconds
 
     def spent(self) -> float:
         """Seconds spent, all sessions together."""

@@ -162,11 +162,11 @@ class RecipeContext:
     """What a running step sees: the configuration, the options, the folder, the clock, the results."""
 
     def __init__(self, cfg: RunConfig, options: RecipeOptions, out: Path, state: RecipeState, steps: StepRegistry,
-                 *, verbose: bool) -> None:  # fmt: skip
+                 *, verbose: bool, started: float | None = None) -> None:  # fmt: skip
         self.cfg, self.options, self.out, self.state, self.verbose = cfg, options, out, state, verbose
         self.steps = steps
         self.records = Records(state, steps)
-        self.clock = Clock(state, options.budget_seconds)
+        self.clock = Clock(state, options.budget_seconds, start=started)
         self._splits: Splits | None = None
 
     def splits(self) -> Splits:

@@ -12,13 +12,17 @@ This stays exact: the re-plan happens only while every step taken so far was in 
 learning-rate warmup, whose rates do not depend on the total (:func:`cnnlab.train.schedule.lr_factor`),
 so the run is step for step the one a fresh run with the new total would train. The new
 total is written to the run's ``config.yaml`` and checkpoints as ``train.steps``: a resume
-continues it, and the config reproduces it.
+continues it, and the config reproduces it. :func:`deadline_schedule` gives a run the
+warmup this needs (the recipe's final run and ``cnnlab train --time`` both use it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+
+from cnnlab.config import ScheduleConfig
 
 
 @dataclass(frozen=True)
@@ -64,3 +68,26 @@ class Deadline:
         if self.max_epochs is not None:
             total = min(total, max(self.max_epochs * steps_per_epoch, steps_done))
         return max(total, steps_done)
+
+
+def deadline_schedule(schedule: ScheduleConfig, epochs: float) -> ScheduleConfig | None:
+    """The schedule of a run of ``epochs`` planned epochs that lets its deadline re-plan it, or None.
+
+    The re-plan after the first epoch is exact only while that epoch was all warmup. So
+    onecycle's rise becomes an explicit warmup of the same length (``pct_start`` x the
+    planned epochs: the same schedule but for its first rate, 0 instead of peak/25);
+    another schedule keeps its own ``warmup_epochs``.
+
+    Args:
+        schedule: the run's schedule.
+        epochs: the epochs planned before training (fractional for a run planned in steps).
+
+    Returns:
+        The schedule with that warmup, or None when the warmup is shorter than one epoch
+        (onecycle: fewer than ``1 / pct_start`` planned epochs): such a run keeps its plan.
+    """
+    onecycle_rise = schedule.name == "onecycle" and schedule.warmup_epochs == 0
+    warmup = schedule.pct_start * epochs if onecycle_rise else schedule.warmup_epochs
+    if warmup < 1:
+        return None
+    return dataclasses.replace(schedule, warmup_epochs=round(warmup, 3))

@@ -33,6 +33,7 @@ from cnnlab import __version__
 from cnnlab import checkpoint as ckpt
 from cnnlab.config import RunConfig, TrainConfig, to_dict
 from cnnlab.data.imageset import ImageSet, Splits, stratified_subset
+from cnnlab.data.store import EVAL_CROP, StoreSplit
 from cnnlab.errors import CnnlabError, TrainingDiverged
 from cnnlab.runfolder import RunFolder
 from cnnlab.train.callbacks import BestCheckpoint, EarlyStopping, EpochCallback
@@ -128,11 +129,17 @@ def model_label(cfg: RunConfig, model: nn.Module) -> str:
 
 
 def data_meta(splits: Splits) -> dict[str, Any]:
-    """What a checkpoint stores about its data: enough to preprocess new images the same way."""
+    """What a checkpoint stores about its data: enough to preprocess new images the same way.
+
+    A run streamed from a store also records ``loader: stream`` and ``eval_crop``: its held-out
+    images were the centre ``eval_crop`` of the shorter side, resized to the input size
+    (``cnnlab eval`` streams them the same way, ``cnnlab predict`` crops files so).
+    """
     mean, std = splits.stats
+    streamed = {"loader": "stream", "eval_crop": EVAL_CROP} if isinstance(splits.train, StoreSplit) else {}
     return {
         "mean": list(mean), "std": list(std), "classes": list(splits.classes),
-        "image_shape": list(splits.image_shape), "source": splits.name, "fingerprint": splits.fingerprint,
+        "image_shape": list(splits.image_shape), "source": splits.name, "fingerprint": splits.fingerprint, **streamed,
     }  # fmt: skip
 
 
@@ -237,9 +244,13 @@ class Trainer:
                 # Every callback sees every epoch; the first one asking to stop names the reason.
                 reasons = [reason for reason, callback in callbacks if callback(record)]
                 self.history.stopped = self.history.stopped or (reasons[0] if reasons else None)
-                if not reasons and self._may_replan():
+                replan = not reasons and self._may_replan()
+                self._end_epoch()  # its checkpoint and curves are part of every epoch's cost: the re-plan times them
+                if replan:
                     self._replan(time.monotonic() - started, record)
-                self._end_epoch()
+                    self._save_last()  # from now on the checkpoint resumes the re-planned run,
+                    if self.writer is not None:  # and only then does config.yaml say so
+                        RunFolder(self.writer.dir).write_config(self.cfg)
                 if reasons:
                     break
         self._close()
@@ -361,8 +372,6 @@ class Trainer:
         self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.tc, steps=total))
         self.tc = self.cfg.train
         self.meta["config"] = to_dict(self.cfg)  # every checkpoint from now on resumes the re-planned run
-        if self.writer is not None:
-            RunFolder(self.writer.dir).write_config(self.cfg)
 
     def _save_last(self) -> None:
         """Write ``last.pt``: everything needed to continue from the current step exactly."""

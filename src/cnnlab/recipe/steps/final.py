@@ -25,7 +25,7 @@ from cnnlab.report.plots import confusion_plot
 from cnnlab.runfolder import RunFolder
 from cnnlab.train.metrics import classification_metrics
 from cnnlab.run import resume_config, run_training
-from cnnlab.train.deadline import Deadline
+from cnnlab.train.deadline import Deadline, deadline_schedule
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,16 @@ def _deadline(ctx: RecipeContext, cfg: RunConfig, plan: Plan | None) -> tuple[Ru
     whose speed drifts misses by 10-15% either way (docs/benchmarks.md); the final run
     instead re-plans its steps from its own first epoch (:mod:`cnnlab.train.deadline`).
     That is exact only while the first epoch is warmup, so onecycle's rise is made an
-    explicit warmup of the same length (``pct_start`` x the planned epochs: the same
-    schedule but for its first rate, 0 instead of peak/25). When the rise is shorter than
-    one epoch (fewer than 1/pct_start planned epochs), or another schedule has no warmup of
-    an epoch, the run keeps its planned epochs: no deadline.
+    explicit warmup of the same length (:func:`~cnnlab.train.deadline.deadline_schedule`).
+    When the rise is shorter than one epoch (fewer than 1/pct_start planned epochs), or
+    another schedule has no warmup of an epoch, the run keeps its planned epochs: no deadline.
     """
     if plan is None or ctx.options.budget_seconds is None:
         return cfg, None
-    sched = cfg.schedule
-    warmup = sched.pct_start * cfg.train.epochs if sched.name == "onecycle" and sched.warmup_epochs == 0 else sched.warmup_epochs
-    if warmup < 1:
+    schedule = deadline_schedule(cfg.schedule, cfg.train.epochs)
+    if schedule is None:
         return cfg, None
-    cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(sched, warmup_epochs=round(warmup, 3)))
+    cfg = dataclasses.replace(cfg, schedule=schedule)
     left = ctx.options.budget_seconds - ctx.clock.spent()
     return cfg, Deadline(time.time() + left, end_seconds=plan.fixed_seconds + REPORT_SECONDS, max_epochs=SATURATION_EPOCHS)
 
