@@ -12,6 +12,10 @@ included, and reports its test accuracy. The methods:
   when the bench runs, for N epochs, N = floor((budget - test pass - 15 s start-up) /
   epoch seconds), the seconds measured here first with the recipe's own
   ``measure_speed`` on the default configuration.
+* ``timed``: ``cnnlab train --data fashion-mnist --time B``: the same defaults, trained to
+  the budget by cnnlab's own clock (steps planned from a timing, re-planned from the warmup
+  epochs' pace; docs/training.md). The fairest "default for the same time": ``default``'s one
+  timing before training misses the pace by 10-30% either way.
 * ``random``: plain Optuna random search (``RandomSampler(seed)``) over lr log-uniform in
   [0.01, 1] and weight decay log-uniform in [1e-5, 1e-2]; every trial a ``cnnlab train``
   of the default configuration on the whole training split, for the epochs that make 4
@@ -37,7 +41,7 @@ load changes both the epochs the methods fit in and what they reach. The full gr
 30 and 60 minutes, 3 seeds below 30 minutes) takes about 8 hours.
 
     python bench/bench_budget.py [--budgets 5,10,30,60] [--seeds 0,1,2] [--seeds-long 0]
-        [--methods peer,default,random,recipe] [--train-subset N] [--json out.json] [--keep]
+        [--methods peer,default,timed,random,recipe] [--train-subset N] [--json out.json] [--keep]
     python bench/bench_budget.py --budgets 1 --seeds 0 --methods peer,default --train-subset 2000   # a smoke test
 """
 
@@ -70,7 +74,7 @@ from cnnlab.config import RunConfig, load_run_config  # noqa: E402
 from cnnlab.timing import measure_speed  # noqa: E402
 from cnnlab.run import load_data  # noqa: E402
 
-METHODS = ("peer", "default", "random", "recipe")
+METHODS = ("peer", "default", "timed", "random", "recipe")
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_script.py"
 DATA = "fashion-mnist"
 LONG_MINUTES = 30.0  # budgets from here on use --seeds-long, and random search runs by default
@@ -216,6 +220,16 @@ class Bench:
         if summary is None or summary.get("test_acc") is None:
             return wall, None, {"epochs": epochs, "error": _error(rc, text)}
         return wall, float(summary["test_acc"]), {"epochs": epochs}
+
+    def _timed(self, budget_s: float, budget_min: float, seed: int) -> tuple[float, float | None, dict]:
+        out = self.folder("timed", budget_min, seed)
+        cmd = [*self.cnnlab, "train", "--data", DATA, "--time", f"{budget_s:g}s", "--seed", str(seed), "--out", str(out),
+               "--quiet", *self.subset_flags]  # fmt: skip
+        rc, wall, text = _child(cmd, out.with_name(out.name + "-log.txt"), self.tmp, _timeout(budget_s))
+        summary = _read_json(out / "summary.json") if rc == 0 else None
+        if summary is None or summary.get("test_acc") is None:
+            return wall, None, {"error": _error(rc, text)}
+        return wall, float(summary["test_acc"]), {"epochs": summary.get("epochs_run")}
 
     def _random(self, budget_s: float, budget_min: float, seed: int) -> tuple[float, float | None, dict]:
         import optuna  # lazy: only this method needs it

@@ -54,6 +54,7 @@ NAMED_DATASETS = frozenset(name for name in BUILTIN_DATASETS if name != "synthet
 FAST_VALUES: dict[str, str] = {
     "--epochs": "1",
     "--steps": "3",
+    "--time": "20s",  # train --time: at most 20 s (the tiny data usually hits the 30-epoch cap first)
     "--budget": "1s",  # search: start no trial after the first; the recipe's least is FAST_RECIPE_BUDGET
     "--seeds": "1",
     "--subset": "300",  # at least one batch of the default 128 after the validation split

@@ -292,7 +292,7 @@ def run_training(
         verbose: print epoch lines and the test result.
         evaluate_test: evaluate the best weights on the test split at the end (a search
             trial does not: it is chosen by validation accuracy, the test split stays unseen).
-        deadline: a new run's total steps are set after its first epoch to end by then
+        deadline: a new run's total steps are set after its warmup epochs to end by then
             (:mod:`cnnlab.train.deadline`; not for transfer runs or a resume).
 
     Returns:

@@ -34,6 +34,13 @@ def test_the_time_left_buys_whole_epochs_then_a_part_of_one() -> None:
     assert d.total_steps(now=0.0, steps_done=10, steps_per_epoch=10, epoch_seconds=10.0, val_seconds=1.0) == 10 + 90 + 4
 
 
+def test_a_part_of_an_epoch_shorter_than_its_validation_is_not_trained() -> None:
+    # 92 s: 9 whole epochs, then 2 s: one step of 0.9 s and the 1 s validation after it. Not worth it.
+    assert Deadline(at=92.0, margin=0.0).total_steps(0.0, 10, 10, 10.0, 1.0) == 10 + 90
+    # 93 s: two steps (1.8 s) are worth their validation.
+    assert Deadline(at=93.0, margin=0.0).total_steps(0.0, 10, 10, 10.0, 1.0) == 10 + 90 + 2
+
+
 def test_a_margin_is_kept_and_a_cap_holds() -> None:
     assert Deadline(at=100.0, margin=0.1).total_steps(0.0, 10, 10, 10.0, 1.0) == 10 + 90  # 90 s usable: 9 epochs
     assert Deadline(at=1e9, max_epochs=4).total_steps(0.0, 10, 10, 10.0, 1.0) == 40
@@ -94,6 +101,37 @@ def test_a_deadline_re_plans_once_and_the_run_equals_a_fresh_run_of_those_steps(
     assert [r["epoch"] for r in paced.read_metrics()] == [0, 1, 2]
     assert load_checkpoint(paced.last_pt)["config"]["train"]["steps"] == steps  # a resume continues the re-planned run
     run_training(tiny_config(train={**base, "steps": steps}, schedule=warm), tmp_path / "fresh", verbose=False)
+    _assert_same_weights(tmp_path / "paced", tmp_path / "fresh")
+
+
+class _Recorded(Deadline):
+    """A real deadline that also notes the pace each re-plan was given."""
+
+    def total_steps(self, now: float, steps_done: int, steps_per_epoch: int, epoch_seconds: float, val_seconds: float) -> int:
+        _PACES.append((steps_done, epoch_seconds))
+        return super().total_steps(now, steps_done, steps_per_epoch, epoch_seconds, val_seconds)
+
+
+_PACES: list[tuple[int, float]] = []
+
+
+def test_a_deadline_re_plans_after_every_warmup_epoch_from_their_median_pace(
+    tmp_path: Path, tiny_config: Callable[..., Any]
+) -> None:  # fmt: skip
+    base, warm = {"epochs": 6}, {"warmup_epochs": 3.0}
+    _PACES.clear()
+    run_training(tiny_config(train=base, schedule=warm), tmp_path / "paced", verbose=False,
+                 deadline=_Recorded(time.time() + 1e6, max_epochs=4))  # fmt: skip
+    spe = math.ceil(N_TRAIN / BATCH)
+    # after epochs 1, 2 and 3 (all warmup), never after epoch 4
+    assert [done for done, _ in _PACES] == [spe, 2 * spe, 3 * spe]
+    paced = RunFolder(tmp_path / "paced")
+    times = [r["time"] + r["val_time"] for r in paced.read_metrics()]
+    # each re-plan's pace is the median of the epochs so far (each also pays its checkpoint and curves: >= the record's)
+    for k, (_, pace) in enumerate(_PACES, start=1):
+        assert sorted(times[:k])[(k - 1) // 2] * 0.99 <= pace
+    assert paced.read_config().train.steps == 4 * spe
+    run_training(tiny_config(train={**base, "steps": 4 * spe}, schedule=warm), tmp_path / "fresh", verbose=False)
     _assert_same_weights(tmp_path / "paced", tmp_path / "fresh")
 
 

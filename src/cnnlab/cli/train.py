@@ -244,7 +244,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="train for this wall-clock time, e.g. 90s, 5m, 1h, counted from the command's start, "
                              "the test pass included: the steps are planned from a short timing of the run's own "
                              "steps and, when the first epoch is all warmup (onecycle's rise planned over 4+ epochs, "
-                             "or --warmup 1+), re-planned once from that epoch's pace; --epochs (or the --config's "
+                             "or --warmup 1+), re-planned after each warmup epoch from the epochs' pace; --epochs (or the --config's "
                              f"train.epochs) is then a cap, else {SATURATION_EPOCHS} (where more epochs stop paying, "
                              "as in `cnnlab recipe`); config.yaml records the steps trained; a --time too short for "
                              "one step is refused with the least that fits; one process only (not under torchrun)")  # fmt: skip
@@ -453,7 +453,7 @@ def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: i
         need = math.ceil(now - started + loading + end_seconds + (val_seconds + step_seconds) / (1 - UNCORRECTED_MARGIN))
         raise UsageError(f"{flag} is too short for one step of this run: its timing, loading, one step, a validation and "
                          f"the test pass need about {need} s; give --time {need}s or more (or a smaller --val-subset)")  # fmt: skip
-    how = ("re-planned once from the first epoch's pace" if schedule is not None
+    how = ("re-planned after each warmup epoch from the epochs' pace" if schedule is not None
            else "kept: no warmup of a whole epoch to re-plan in")  # fmt: skip
     log.info("%s: timed %.1f s per epoch of %d steps; planned %d steps (%.2f epochs, at most %d), %s",
              flag, epoch_seconds, steps_per_epoch, steps, steps / steps_per_epoch, max_epochs, how)  # fmt: skip

@@ -1,12 +1,15 @@
-"""A run that must end by a wall-clock time: its total steps re-planned from its own first epoch.
+"""A run that must end by a wall-clock time: its total steps re-planned from its own epochs' pace.
 
 A plan made before training (the recipe's budget planner times a few steps) misses on a
 machine whose speed drifts: measured on 2 shared CPU cores, 24 timed steps read an epoch
 13% slower than the epochs that followed in one run and a fast moment in another, so one
 run ended 35 s early and another overran its budget by 13% (docs/benchmarks.md). The
-first whole epoch, its validation and checkpoint included, is a far better clock. So a run
-with a :class:`Deadline` trains its first epoch on the planned schedule and then sets its
-total steps once from that epoch's pace (:meth:`Deadline.total_steps`, a pure function).
+first whole epoch, its validation and checkpoint included, is a far better clock, and the
+median of the first few a better one still (a first epoch alone missed 10-minute runs'
+pace by -16% and +25%: docs/benchmarks.md). So a run with a :class:`Deadline` trains its
+first epoch on the planned schedule and then, after every whole epoch while all its steps
+were warmup, sets its total steps from the median pace of its epochs so far
+(:meth:`Deadline.total_steps`, a pure function).
 
 This stays exact: the re-plan happens only while every step taken so far was in the
 learning-rate warmup, whose rates do not depend on the total (:func:`cnnlab.train.schedule.lr_factor`),
@@ -64,6 +67,10 @@ class Deadline:
         whole = max(int(left // (epoch_seconds if epoch_seconds > 0 else math.inf)), 0)
         rest = left - whole * epoch_seconds
         part = int((rest - val_seconds) // step_seconds) if rest > val_seconds else 0
+        if part * step_seconds < val_seconds:
+            # A part of an epoch shorter than the validation after it buys almost nothing (measured:
+            # `--time 5m` trained 1 step at lr 1e-7 for 0.1 s, then validated for 1.5 s); end on the whole epoch.
+            part = 0
         total = steps_done + whole * steps_per_epoch + min(max(part, 0), steps_per_epoch - 1)
         if self.max_epochs is not None:
             total = min(total, max(self.max_epochs * steps_per_epoch, steps_done))

