@@ -40,8 +40,8 @@ class EpochOrder:
     The contract every batch source of a split shares (:class:`DeviceLoader`,
     :class:`cnnlab.data.stream.StreamLoader`): the order is a pure function of ``(seed,
     epoch)``, the same on every rank, and rank ``r`` takes the items ``r, r + world_size,
-    ...`` of it, so the ranks' slices are disjoint. A subclass sets ``train``, ``rank``,
-    ``world_size``, ``seed``, ``epoch``, ``batch_size``, ``sample_weights`` and ``n_images``.
+    ...`` of it, so the ranks' slices are disjoint. A subclass's constructor calls
+    :meth:`_setup`, which checks and keeps the arguments they all take.
     """
 
     train: bool
@@ -52,6 +52,42 @@ class EpochOrder:
     batch_size: int
     sample_weights: torch.Tensor | None
     n_images: int
+
+    def _setup(self, n_images: int, classes: Sequence[str], channels: int, *, batch_size: int, mean: Sequence[float],
+               std: Sequence[float], train: bool, augment, seed: int, rank: int, world_size: int,  # noqa: ANN001
+               device: torch.device | str, sample_weights: np.ndarray | None, channels_last: bool,
+               dtype: torch.dtype) -> None:  # fmt: skip
+        """Check and keep the arguments every batch source takes, and the normalisation of its batches."""
+        if batch_size < 1:
+            raise CnnlabError(f"batch size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if len(mean) != channels or len(std) != channels:
+            raise CnnlabError(f"mean/std have {len(mean)} channel(s) but the images have {channels}")
+        self.device = torch.device(device)
+        self.n_images = int(n_images)
+        self.classes = classes
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment if train else None
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self.epoch = 0
+        self.sample_weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float64)
+        if train and self.num_samples < batch_size:
+            raise CnnlabError(
+                f"the training split has {self.num_samples} image(s) per process, fewer than one batch "
+                f"of {batch_size}; lower the batch size"
+            )
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
+        # x_norm = (x_u8 / 255 - mean) / std = x_u8 * scale + shift (one fused op without augmentation).
+        self._scale_u8 = (1.0 / (255.0 * std_t)).to(self.device, dtype)
+        self._scale = (1.0 / std_t).to(self.device, dtype)
+        self._shift = (-mean_t / std_t).to(self.device, dtype)
+        self._gen = torch.Generator(device=self.device)
 
     @property
     def num_samples(self) -> int:
@@ -121,39 +157,11 @@ class DeviceLoader(EpochOrder):
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if batch_size < 1:
-            raise CnnlabError(f"batch size must be at least 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        c = data.image_shape[0]
-        if len(mean) != c or len(std) != c:
-            raise CnnlabError(f"mean/std have {len(mean)} channel(s) but the images have {c}")
-        self.device = torch.device(device)
+        self._setup(len(data.labels), data.classes, data.image_shape[0], batch_size=batch_size, mean=mean, std=std,
+                    train=train, augment=augment, seed=seed, rank=rank, world_size=world_size, device=device,
+                    sample_weights=sample_weights, channels_last=channels_last, dtype=dtype)  # fmt: skip
         self.images = torch.from_numpy(np.array(data.images, dtype=np.uint8, copy=True)).to(self.device)
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(self.device)
-        self.n_images = int(self.labels.shape[0])
-        self.classes = data.classes
-        self.batch_size = batch_size
-        self.train = train
-        self.augment = augment if train else None
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.channels_last = channels_last
-        self.dtype = dtype
-        self.epoch = 0
-        self.sample_weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float64)
-        if train and self.num_samples < batch_size:
-            raise CnnlabError(
-                f"the training split has {self.num_samples} image(s) per process, fewer than one batch "
-                f"of {batch_size}; lower the batch size"
-            )
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-        # x_norm = (x_u8 / 255 - mean) / std = x_u8 * scale + shift (one fused op without augmentation).
-        self._scale_u8 = (1.0 / (255.0 * std_t)).to(self.device, dtype)
-        self._scale = (1.0 / std_t).to(self.device, dtype)
-        self._shift = (-mean_t / std_t).to(self.device, dtype)
-        self._gen = torch.Generator(device=self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

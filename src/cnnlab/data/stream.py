@@ -113,39 +113,12 @@ class StreamLoader(EpochOrder):
         dtype: torch.dtype = torch.float32,
         workers: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise CnnlabError(f"batch size must be at least 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        c = data.channels
-        if len(mean) != c or len(std) != c:
-            raise CnnlabError(f"mean/std have {len(mean)} channel(s) but the images have {c}")
+        self._setup(len(data.labels), data.classes, data.channels, batch_size=batch_size, mean=mean, std=std,
+                    train=train, augment=augment, seed=seed, rank=rank, world_size=world_size, device=device,
+                    sample_weights=sample_weights, channels_last=channels_last, dtype=dtype)  # fmt: skip
         self.data = data
-        self.device = torch.device(device)
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
-        self.n_images = int(self.labels.shape[0])
-        self.classes = data.classes
-        self.batch_size = batch_size
-        self.train = train
-        self.augment = augment if train else None
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.channels_last = channels_last
-        self.dtype = dtype
-        self.epoch = 0
         self.workers = workers or default_workers(world_size)
-        self.sample_weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float64)
-        if train and self.num_samples < batch_size:
-            raise CnnlabError(
-                f"the training split has {self.num_samples} image(s) per process, fewer than one batch "
-                f"of {batch_size}; lower the batch size"
-            )
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-        self._scale_u8 = (1.0 / (255.0 * std_t)).to(self.device, dtype)
-        self._scale = (1.0 / std_t).to(self.device, dtype)
-        self._shift = (-mean_t / std_t).to(self.device, dtype)
-        self._gen = torch.Generator(device=self.device)
         self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ the same contract as DeviceLoader
