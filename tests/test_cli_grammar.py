@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from cnnlab import config as c
 from cnnlab.cli.main import build_parser, main
 from cnnlab.errors import UsageError
+from tests.hostile.hostile_cli import run_cli as _run
 
 #: Old spellings, kept hidden for one release: none may show in any --help.
 OLD_NAMES = ("--output", "--verbose", "--subset", "--plot")
@@ -56,16 +55,6 @@ def _shown(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value))
     return str(value)
-
-
-def _run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0
-    return int(code), out.getvalue(), err.getvalue()
 
 
 # --------------------------------------------------------------------------- stated defaults

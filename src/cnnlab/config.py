@@ -251,6 +251,8 @@ def parse_source(source: str) -> tuple[str, dict[str, str]]:
     Raises:
         UsageError: an option that is not ``key=value``.
     """
+    if "://" in source:  # a URL (an s3:// store) has no options
+        return source.strip().lower(), {}
     name, _, rest = source.partition(":")
     options: dict[str, str] = {}
     if rest:

@@ -274,6 +274,7 @@ def run_training(
     verbose: bool = True,
     evaluate_test: bool = True,
     deadline: Deadline | None = None,
+    splits: Splits | None = None,
 ) -> dict[str, Any]:
     """Train, validate and test; write the run folder; return the summary.
 
@@ -294,6 +295,7 @@ def run_training(
             trial does not: it is chosen by validation accuracy, the test split stays unseen).
         deadline: a new run's total steps are set after its warmup epochs to end by then
             (:mod:`cnnlab.train.deadline`; not for transfer runs or a resume).
+        splits: a new run's data, when the caller loaded it already (``load_data(cfg)``).
 
     Returns:
         The contents of ``summary.json``.
@@ -328,7 +330,7 @@ def run_training(
         check_tracking(cfg)  # no URI or no mlflow: refused before any work
     # Data and model before the folder exists: wrong data, a wrong --backbone or a batch larger
     # than the data leave nothing behind, so the corrected command can use the same --out.
-    runtime, splits, model = _prepare(cfg, runtime)
+    runtime, splits, model = _prepare(cfg, runtime, splits)
     with _filesystem_errors(folder), folder_lock(folder.path, "run") if main else contextlib.nullcontext():
         if main:
             folder.check_new()  # again, under the lock: another process may have started a run here meanwhile
@@ -339,7 +341,8 @@ def run_training(
         return _train(cfg, folder, splits, model, None, runtime, on_epoch_end, verbose, evaluate_test, deadline)
 
 
-def _prepare(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, Splits, torch.nn.Module]:
+def _prepare(cfg: RunConfig, runtime: Runtime | None,
+             splits: Splits | None = None) -> tuple[Runtime, Splits, torch.nn.Module]:  # fmt: skip
     """The runtime, the data (refused when it cannot train a classifier) and the model of a run.
 
     Raises:
@@ -350,7 +353,7 @@ def _prepare(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, Splits, 
         raise UsageError(f"--class-subset {','.join(map(str, subset)) or '(empty)'} keeps {len(subset)} class(es); "
                          "a classifier needs at least 2")  # fmt: skip
     runtime = runtime or resolve_runtime(cfg.train)
-    splits = load_data(cfg)
+    splits = load_data(cfg) if splits is None else splits
     check_classes(splits)
     per_process = -(-len(splits.train) // runtime.world_size)
     step_batch = cfg.train.batch_size * cfg.train.accumulate  # the images of one optimizer step

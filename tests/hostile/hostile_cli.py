@@ -28,6 +28,9 @@ class Result:
     out: str
     err: str
 
+    def __iter__(self):  # noqa: ANN204 - `code, out, err = run_cli(...)`
+        return iter((self.code, self.out, self.err))
+
     @property
     def text(self) -> str:
         return self.out + self.err

@@ -8,7 +8,6 @@ final run). Its ``config.yaml`` records the steps, so ``--config`` reproduces th
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -17,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from cnnlab.cli.main import main
 from cnnlab.config import ScheduleConfig
 from cnnlab.errors import UsageError
 from cnnlab.recipe.planner import SATURATION_EPOCHS
+from tests.hostile.hostile_cli import run_cli as _run
 from cnnlab.runfolder import RunFolder
 from cnnlab.train.deadline import deadline_schedule
 
@@ -37,16 +36,6 @@ STEPS_PER_EPOCH = 540 // 32
 ARGS = ["--data", DATA, "--model", "simple", "--model-opt", "spec=c16-p-c32-p", "--batch-size", "32", "--device", "cpu",
         "--checkpoint-minutes", "0", "--quiet"]  # fmt: skip
 METRIC_KEYS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
-
-
-def _run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0
-    return int(code), out.getvalue(), err.getvalue()
 
 
 # --------------------------------------------------------------------------- the flag

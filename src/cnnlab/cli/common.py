@@ -75,7 +75,8 @@ def annotate_ranges(parser: argparse.ArgumentParser) -> None:
 
 DATA_HELP = (
     "dataset name (fashion-mnist, mnist, cifar10, cifar100, digits, synthetic[:classes=4,size=32,...]), "
-    "an image folder (ImageFolder layout, optional train/val/test subfolders) or a CSV of path,label rows"
+    "an image folder (ImageFolder layout, optional train/val/test subfolders), a CSV of path,label rows, "
+    "or a store written by `cnnlab data prepare` (a folder or an s3:// URL)"
 )
 
 

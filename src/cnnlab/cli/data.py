@@ -26,16 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     prepare = sub.add_parser(
         "prepare", help="write a store once (sharded, for data larger than memory)",
-        description="Read an image folder, a CSV file or a built-in dataset once and write it into a store: MDS shards "
-        "(MosaicML streaming) of the images at their own aspect ratio, with the class names, the splits and "
-        "each image's pixel sums. Any command then takes the store as --data; training decodes it into memory "
-        "or streams it batch by batch (--loader). Files that cannot be read are skipped and listed. An interrupted "
-        "prepare continues where it stopped when the same command is run again.",
+        description="Read an image folder, a CSV file or a built-in dataset once and write it into a store: litdata "
+        "chunks of the images at their own aspect ratio, with the class names, the splits and each image's pixel "
+        "sums. Any command then takes the store as --data; training decodes it into memory or streams it batch by "
+        "batch (--loader). Files that cannot be read are skipped and listed. An interrupted prepare continues where "
+        "it stopped when the same command is run again. --out s3://BUCKET/PREFIX prepares in cnnlab's cache and "
+        "uploads (AWS credentials and AWS_ENDPOINT_URL as for the aws command); every machine then trains with "
+        "--data s3://BUCKET/PREFIX, fetching chunks into a cache bounded by CNNLAB_STORE_CACHE_LIMIT (docs/data.md).",
     )
     prepare.add_argument("source", metavar="SRC", help="an image folder (<class>/ or train|val|test/<class>/), a CSV file of "
                          "path,label[,split] rows, or a built-in dataset name (fashion-mnist, cifar10, synthetic:...)")
     prepare.add_argument("--out", "-o", required=True, metavar="STORE",
-                         help="the store folder: new or empty (or an interrupted prepare of the same SRC, to continue it)")
+                         help="the store folder: new or empty (or an interrupted prepare of the same SRC, to continue it), "
+                         "or an s3:// URL to upload it to")
     prepare.add_argument("--max-side", default="256", type=_max_side, metavar="PX|native",
                          help="shrink images whose longer side exceeds PX to PX (keeping the aspect ratio); native keeps "
                          "every image at its own size; 256 is enough for 224 px crops, at a fraction of the bytes (default: 256)")
@@ -178,7 +181,8 @@ def _prepare(args: argparse.Namespace) -> int:
     from cnnlab.data.decode import readable
     from cnnlab.data.images import _human
     from cnnlab.data.sources import load_raw
-    from cnnlab.data.store import plan_arrays, plan_folder, prepare_store
+    from cnnlab.data.remote import is_remote
+    from cnnlab.data.store import plan_arrays, plan_folder, prepare_remote, prepare_store
 
     start = time.perf_counter()
     path = Path(args.source).expanduser()
@@ -191,12 +195,18 @@ def _prepare(args: argparse.Namespace) -> int:
         parts = [(-1 if flat else 0, raw.train)] + [(i, s) for i, s in ((1, raw.val), (2, raw.test)) if s is not None]
         items, classes, channels = plan_arrays(parts)
         fingerprint, skipped = raw.fingerprint, list(raw.skipped)
-    meta = prepare_store(items, classes, channels, args.out, max_side=args.max_side, fmt=args.format,
-                         source=readable(str(args.source)), fingerprint=fingerprint, skipped=skipped)  # fmt: skip
+    options = {"max_side": args.max_side, "fmt": args.format, "source": readable(str(args.source)),
+               "fingerprint": fingerprint, "skipped": skipped}  # fmt: skip
+    uploaded = None
+    if is_remote(args.out):  # written in the URL's cache folder, then uploaded (cnnlab-store.json last)
+        meta, uploaded = prepare_remote(args.out, items, classes, channels, **options)
+    else:
+        meta = prepare_store(items, classes, channels, args.out, **options)
     report_skipped(tuple((str(a), str(b)) for a, b in meta["skipped"]))
     splits = ", ".join(f"{n:,} {k}" for k, n in meta["splits"].items() if n and k != "all") or "no split folders"
     print(f"wrote the store {args.out}: {meta['count']:,} images ({splits}), {len(classes)} classes, "
-          f"{_human(meta['bytes'])} of {meta['format']} in {time.perf_counter() - start:.1f}s")  # fmt: skip
+          f"{_human(meta['bytes'])} of {meta['format']} in {time.perf_counter() - start:.1f}s"
+          + ("" if uploaded is None else f" ({_human(uploaded)} uploaded)"))  # fmt: skip
     return 0
 
 

@@ -10,6 +10,7 @@ from cnnlab.cli.common import add_data_args, add_quiet, data_overrides
 
 if TYPE_CHECKING:
     from cnnlab.config import RunConfig
+    from cnnlab.data.imageset import Splits
     from cnnlab.train.deadline import Deadline
 
 log = logging.getLogger(__name__)
@@ -324,10 +325,10 @@ def _train(args: argparse.Namespace) -> int:
             summary = run_training(resume=args.resume, changes=_resume_changes(args), verbose=not args.quiet)
     else:
         cfg = load_run_config(args.config, run_overrides(args))
-        deadline = None
+        deadline, splits = None, None
         if seconds is not None:
-            cfg, deadline = plan_timed_run(cfg, started, seconds, _epoch_cap(args, cfg), duration=args.time)
-        summary = run_training(cfg, args.out, verbose=not args.quiet, deadline=deadline)
+            cfg, deadline, splits = plan_timed_run(cfg, started, seconds, _epoch_cap(args, cfg), duration=args.time)
+        summary = run_training(cfg, args.out, verbose=not args.quiet, deadline=deadline, splits=splits)
     # --quiet drops the per-epoch lines, not the result (docs/training.md); under torchrun rank 0 alone prints it.
     if args.quiet and launch_rank() == 0 and (line := result_line(summary)):
         print(line, flush=True)
@@ -384,12 +385,12 @@ def _epoch_cap(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 
 def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: int, *,
-                   duration: str | None = None) -> tuple[RunConfig, Deadline | None]:  # fmt: skip
+                   duration: str | None = None) -> tuple[RunConfig, Deadline | None, Splits]:  # fmt: skip
     """``cnnlab train --time``: the run's steps, to end ``seconds`` after ``started``, and its deadline.
 
     A short timing of the run's own steps (:func:`cnnlab.timing.measure_speed`) plans whole
     epochs and a part of one, up to ``max_epochs``, counting each epoch's validation, the
-    test pass (and flip TTA's passes) and the run's second loading of its data. When that
+    test pass (and flip TTA's passes). When that
     plan makes the first epoch all warmup (:func:`cnnlab.train.deadline.deadline_schedule`:
     onecycle's rise over ``1 / pct_start`` epochs or more), the run re-plans its steps once
     from its first epoch's pace, exactly, as the recipe's final run does. Otherwise the
@@ -405,7 +406,8 @@ def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: i
 
     Returns:
         The config with ``train.steps`` (and the warmup that allows the re-plan) set, which
-        the run's ``config.yaml`` records, and the ``Deadline`` that re-plans it (None: none).
+        the run's ``config.yaml`` records, the ``Deadline`` that re-plans it (None: none), and
+        the data, loaded for the timing (the run trains on it: not loaded twice).
 
     Raises:
         UsageError: a transfer run (not timed: it caches features and may train a frozen
@@ -428,9 +430,8 @@ def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: i
     if is_transfer_run(cfg):
         raise UsageError(f"{flag}: a transfer run (--transfer, --pretrained, --backbone or a backbone --model) is not "
                          "timed (its feature caching and frozen phase come before its epochs); give --epochs instead")  # fmt: skip
-    tc, loading = cfg.train, time.time()
+    tc = cfg.train
     splits = load_data(cfg)
-    loading = time.time() - loading  # the run loads its data again before its first step
     steps_per_epoch = len(train_loader(splits, cfg, resolve_runtime(tc)))
     speed = measure_speed(cfg, splits)
     val_images = len(validation_images(splits, tc))
@@ -441,7 +442,7 @@ def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: i
     now = time.time()
 
     def plan(margin: float) -> int:
-        deadline = Deadline(started + seconds, end_seconds=end_seconds + loading, max_epochs=max_epochs, margin=margin)
+        deadline = Deadline(started + seconds, end_seconds=end_seconds, max_epochs=max_epochs, margin=margin)
         return deadline.total_steps(now, 0, steps_per_epoch, epoch_seconds, val_seconds)
 
     steps = plan(Deadline.margin)
@@ -450,7 +451,7 @@ def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: i
         steps = plan(UNCORRECTED_MARGIN)
     if steps < 1:
         step_seconds = (epoch_seconds - val_seconds) / steps_per_epoch
-        need = math.ceil(now - started + loading + end_seconds + (val_seconds + step_seconds) / (1 - UNCORRECTED_MARGIN))
+        need = math.ceil(now - started + end_seconds + (val_seconds + step_seconds) / (1 - UNCORRECTED_MARGIN))
         raise UsageError(f"{flag} is too short for one step of this run: its timing, loading, one step, a validation and "
                          f"the test pass need about {need} s; give --time {need}s or more (or a smaller --val-subset)")  # fmt: skip
     how = ("re-planned after each warmup epoch from the epochs' pace" if schedule is not None
@@ -461,4 +462,5 @@ def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: i
         log.warning("%s fits %d of an epoch's %d steps: the run trains part of one epoch", flag, steps, steps_per_epoch)
     cfg = dataclasses.replace(cfg, schedule=schedule or cfg.schedule,
                               train=dataclasses.replace(tc, steps=steps, epochs=max_epochs))  # fmt: skip
-    return cfg, Deadline(started + seconds, end_seconds=end_seconds, max_epochs=max_epochs) if schedule is not None else None
+    deadline = Deadline(started + seconds, end_seconds=end_seconds, max_epochs=max_epochs) if schedule is not None else None
+    return cfg, deadline, splits

@@ -53,6 +53,7 @@ from cnnlab.data.decode import GRAY_MODES, _convert, probe, readable
 from cnnlab.data.images import _human, available_memory, parallel_map
 from cnnlab.data.imageset import ImageSet, Splits, stratified_split
 from cnnlab.data.listing import list_csv, list_folder
+from cnnlab.data.remote import MARKER, RemoteStore, is_remote
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.io import atomic_write_json
 
@@ -64,7 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-MARKER = "cnnlab-store.json"  # written last: its presence says the store is complete
+# MARKER, cnnlab-store.json (from cnnlab.data.remote), is written last: its presence says the store is complete.
 PLAN = "prepare.json"
 PART_SIZE = 1024  # planned files per part: the unit an interrupted prepare keeps
 CHUNK_BYTES = 1 << 26  # litdata chunk size limit (64 MiB)
@@ -81,7 +82,9 @@ EVAL_CROP = 224 / 256  # evaluation: resize the shorter side to size / EVAL_CROP
 
 
 def is_store(source: str | os.PathLike[str]) -> bool:
-    """Whether ``source`` names a store folder (complete or being prepared)."""
+    """Whether ``source`` names a store folder (complete or being prepared) or the URL of one (``s3://``)."""
+    if is_remote(source):
+        return True
     try:
         path = Path(source).expanduser()
         return (path / MARKER).is_file() or (path / PLAN).is_file()
@@ -235,7 +238,7 @@ def prepare_store(
     if fmt not in FORMATS:
         raise UsageError(f"unknown store format '{fmt}'; choose one of {', '.join(FORMATS)}")
     out = Path(out).expanduser()
-    settings = {"max_side": max_side, "format": fmt, "channels": channels, "part_size": part_size}
+    settings = _settings(channels, max_side, fmt, part_size)
     plan_hash = _plan_hash(items, classes, settings, fingerprint)
     _claim(out, plan_hash)
     if (out / MARKER).is_file():
@@ -258,6 +261,38 @@ def prepare_store(
         if close is not None:
             close()
     return _finish(out, classes, channels, settings, plan_hash, source, skipped)
+
+
+def _settings(channels: int, max_side: int | None, fmt: ImageFormat, part_size: int) -> dict[str, Any]:
+    return {"max_side": max_side, "format": fmt, "channels": channels, "part_size": part_size}
+
+
+def prepare_remote(url: str, items: Sequence[PrepareItem], classes: Sequence[str], channels: int, *,
+                   max_side: int | None = 256, fmt: ImageFormat = "jpeg", fingerprint: str = "",
+                   part_size: int = PART_SIZE, **kwargs: Any) -> tuple[dict[str, Any], int]:  # fmt: skip
+    """:func:`prepare_store` for a URL: written in the URL's cache folder, then uploaded; ``(cnnlab-store.json, bytes sent)``.
+
+    The cache folder then holds the whole store, so training on this machine fetches nothing.
+    An interrupted prepare or upload continues when the same command is run again.
+
+    Raises:
+        CnnlabError: the URL already holds a store of other images or settings.
+    """
+    remote = RemoteStore(url)
+    plan = _plan_hash(items, classes, _settings(channels, max_side, fmt, part_size), fingerprint)
+    theirs = remote.remote_marker()
+    if theirs is not None and theirs.get("fingerprint") != plan:
+        raise CnnlabError(f"{url} already holds another store; delete it first or choose another URL")
+    folder = remote.local
+    try:
+        ours = json.loads((folder / PLAN).read_text(encoding="utf-8")).get("plan")
+    except (OSError, ValueError, AttributeError):
+        ours = None
+    if ours != plan and any(folder.iterdir()):  # only a cache (of another store, or another prepare): start afresh
+        shutil.rmtree(folder)
+    meta = prepare_store(items, classes, channels, folder, max_side=max_side, fmt=fmt, fingerprint=fingerprint,
+                         part_size=part_size, **kwargs)  # fmt: skip
+    return meta, remote.upload(folder)
 
 
 def _claim(out: Path, plan_hash: str) -> None:
@@ -331,8 +366,8 @@ def _finish(out: Path, classes: Sequence[str], channels: int, settings: dict[str
 class Store:
     """A complete store: per-sample labels, splits, sizes and pixel sums; random access to the stored bytes."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
-        self.path, self.meta = path, meta
+    def __init__(self, path: Path, meta: dict[str, Any], remote: RemoteStore | None = None) -> None:
+        self.path, self.meta, self.remote = path, meta, remote
         self.classes = tuple(meta["classes"])
         self.channels = int(meta["channels"])
         self.parts = sorted(p for p in (path / "parts").iterdir() if p.name.startswith("part-"))
@@ -362,6 +397,13 @@ class Store:
         self._readers: list[Any] = [None] * len(self.parts)
         self._direct: list[_PartBytes | bool | None] = [None] * len(self.parts)  # False: read through litdata
         self._lock = threading.Lock()
+        if remote is not None:
+            remote.on_evict = self._forget
+
+    def _forget(self, k: int) -> None:
+        """Part ``k``'s chunks left the cache: open them again when they are back."""
+        self._direct[k] = None
+        self._readers[k] = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -385,12 +427,26 @@ class Store:
         """The stored bytes of sample ``i`` (an index into the whole store)."""
         k = int(np.searchsorted(self.offsets, i, side="right")) - 1
         j = int(i - self.offsets[k])
+        if self.remote is None:
+            return self._read(k, j)
+        self.remote.ensure(k, self.parts[k])
+        try:
+            return self._read(k, j)
+        except FileNotFoundError:  # another process sharing the cache evicted the part: fetch it again
+            self._forget(k)
+            self.remote.ensure(k, self.parts[k], verify=True)
+            return self._read(k, j)
+
+    def _read(self, k: int, j: int) -> bytes:
         direct = self._direct[k]
         if direct is None:
             with self._lock:
                 direct = self._direct[k]
                 if direct is None:
-                    direct = self._direct[k] = _PartBytes.open(self.parts[k]) or False
+                    opened = _PartBytes.open(self.parts[k])
+                    if opened is None and self.remote is not None and not _chunks_present(self.parts[k]):
+                        raise FileNotFoundError(f"chunks of {self.parts[k].name}")  # evicted meanwhile: read() fetches them
+                    direct = self._direct[k] = opened or False
         if direct is False:
             return self._part_reader(k)[j]["image"]
         return direct[j]  # type: ignore[index]
@@ -415,20 +471,10 @@ class Store:
             im = Image.fromarray(arr[:, :, 0] if self.channels == 1 else arr)
         else:
             im = Image.open(io.BytesIO(data))
-            # JPEG: decode at 1/2, 1/4 or 1/8 scale when the crop stays at least `size` px.
-            need = size / max(1.0, min(box[2] - box[0], box[3] - box[1]))
-            if need < 0.5:
-                im.draft(im.mode, (max(1, int(w * need + 1)), max(1, int(h * need + 1))))
-        sx, sy = im.size[0] / w, im.size[1] / h  # per axis: a reduced decode rounds each side on its own
-        if (sx, sy) != (1.0, 1.0):
-            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+            draft_reduced(im, size / max(1.0, min(box[2] - box[0], box[3] - box[1])))
         if im.mode != mode:
             im = im.convert(mode)
-        im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
-        if flip:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arr = np.asarray(im, dtype=np.uint8)
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return resize_over_box(im, box, (w, h), size, flip)
 
     def decode_crop(self, i: int, box: tuple[int, int, int, int], flip: bool, out: Any) -> None:
         """Sample ``i``'s integer ``box`` cropped, resized to ``out``'s size, flipped if asked, written into ``out``.
@@ -485,6 +531,33 @@ class Store:
         mode = "L" if channels == 1 else "RGB"
         arr = np.array(im if im.mode == mode else im.convert(mode), dtype=np.uint8)
         return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def draft_reduced(im: Any, need: float) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when ``need`` (output px per image px) leaves it at least the output size."""
+    if need < 0.5 and getattr(im, "format", None) == "JPEG":
+        im.draft(im.mode, (max(1, int(im.size[0] * need + 1)), max(1, int(im.size[1] * need + 1))))
+
+
+def resize_over_box(im: Any, box: tuple[float, float, float, float], full: tuple[int, int], size: int,
+                    flip: bool = False) -> np.ndarray:  # fmt: skip
+    """The evaluation's pixels: ``box`` (in the image's ``full`` (w, h) pixels) of the Pillow image ``im`` resized
+    bilinearly to ``size`` x ``size`` (flipped if asked), uint8 (C, H, W).
+
+    ``im`` may be a reduced-scale decode (:func:`draft_reduced`): the box is scaled per axis,
+    as each side rounds on its own. :meth:`Store.decode` and ``cnnlab predict`` share this,
+    so a file predicted on gets the pixels a streamed evaluation saw.
+    """
+    from PIL import Image
+
+    sx, sy = im.size[0] / full[0], im.size[1] / full[1]
+    if (sx, sy) != (1.0, 1.0):
+        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if flip:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _decode_jpeg(data: bytes, channels: int, need: float, h: int, w: int) -> tuple[np.ndarray | None, float]:
@@ -597,20 +670,41 @@ def _footer_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(starts), np.concatenate(ends)) if starts else (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
+def _chunks_present(part: Path) -> bool:
+    """Whether every chunk file ``part``'s index lists is on disk."""
+    try:
+        index = json.loads((part / "index.json").read_text(encoding="utf-8"))
+        return all((part / c["filename"]).is_file() for c in index["chunks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 @functools.lru_cache(maxsize=8)
-def _open_cached(path: str, mtime: float) -> Store:
+def _open_cached(path: str, mtime: float, remote: RemoteStore | None = None) -> Store:
     meta = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    where = remote.url if remote is not None else path
     if meta.get("version") != STORE_VERSION:
-        raise CnnlabError(f"the store {readable(path)} has version {meta.get('version')}, this cnnlab reads {STORE_VERSION}; prepare it again")
-    return Store(Path(path), meta)
+        raise CnnlabError(f"the store {readable(where)} has version {meta.get('version')}, this cnnlab reads {STORE_VERSION}; prepare it again")
+    return Store(Path(path), meta, remote)
+
+
+_REMOTES: dict[str, RemoteStore] = {}  # one cache (and one S3 client) per URL per process
 
 
 def open_store(source: str | os.PathLike[str]) -> Store:
-    """The complete store at ``source``.
+    """The complete store at ``source``: a folder, or a URL (``s3://``) read through the cache (:mod:`cnnlab.data.remote`).
 
     Raises:
         CnnlabError: an unfinished prepare, or a damaged store (with the command that fixes it).
     """
+    if is_remote(source):
+        url = os.fspath(source).rstrip("/")
+        remote = _REMOTES.get(url) or _REMOTES.setdefault(url, RemoteStore(url))
+        local, _ = remote.sync()
+        try:
+            return _open_cached(str(local), (local / MARKER).stat().st_mtime, remote)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CnnlabError(f"the store {url} is damaged ({exc}); prepare it again") from None
     path = Path(source).expanduser().resolve()
     marker = path / MARKER
     if not marker.is_file():
@@ -795,9 +889,15 @@ def load_store_splits(cfg: DataConfig) -> Splits:
 
 
 def describe(store: Store) -> str:
-    """One line about a store: images, classes, format, size on disk."""
+    """One line about a store: images, classes, format, size on disk (and, for a URL, its cache)."""
     m = store.meta
     side = "native size" if m.get("max_side") is None else f"longer side <= {m['max_side']} px"
-    return (f"store of {len(store):,} images, {len(store.classes)} classes, {m.get('format')} ({side}), "
+    line = (f"store of {len(store):,} images, {len(store.classes)} classes, {m.get('format')} ({side}), "
             f"{_human(m.get('bytes', 0))} in {m.get('parts')} part(s), made from {m.get('source') or '?'}")  # fmt: skip
+    remote = store.remote
+    if remote is not None:
+        limit = "the whole store" if remote.limit is None else f"at most {_human(remote.limit)} of chunks per process"
+        line += f"; read from {remote.url} through the cache {store.path} ({limit})"
+    return line
+
 

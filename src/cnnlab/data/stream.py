@@ -81,6 +81,20 @@ def center_box(h: int, w: int, fraction: float = EVAL_CROP) -> Box:
     return (left, top, left + side, top + side)
 
 
+def windowed_permutation(groups: torch.Tensor, n_groups: int, window: int, gen: torch.Generator) -> torch.Tensor:
+    """A permutation of ``len(groups)`` items that visits the groups ``window`` at a time, in a random order.
+
+    ``groups[i]`` is item ``i``'s group (a store part). The groups are permuted, cut into
+    consecutive windows of ``window`` groups, and the items of each window come together, in a
+    random order. A pure function of the generator's state.
+    """
+    rank_of_group = torch.empty(n_groups, dtype=torch.int64)
+    rank_of_group[torch.randperm(n_groups, generator=gen)] = torch.arange(n_groups)
+    window_of_item = rank_of_group[groups.long()] // max(1, int(window))
+    n = len(groups)
+    return torch.argsort(window_of_item * n + torch.randperm(n, generator=gen))  # the random keys are distinct
+
+
 def default_workers(world_size: int = 1) -> int:
     """Decoding threads per process: the CPU cores shared by the ranks of this machine, 1 to 16."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or 1)
@@ -122,6 +136,27 @@ class StreamLoader(EpochOrder):
         self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ the same contract as DeviceLoader
+
+    def order(self, epoch: int | None = None) -> torch.Tensor:
+        """The epoch's order; for a remote store larger than its cache, a window of parts at a time.
+
+        A permutation of the whole split would fetch every part many times per epoch when
+        the cache holds only some of them (each batch touches a part per image or so). The
+        windowed order (litdata and MosaicML streaming shuffle the same way) permutes the
+        parts, takes them a window at a time (as many as half the cache holds), and permutes
+        the images within each window: every part is fetched once per epoch. Still a pure
+        function of ``(seed, epoch)``, the same on every rank, sliced by rank as before.
+        """
+        remote = self.data.store.remote
+        window = None if remote is None else remote.window_parts()
+        if window is None or not self.train or self.sample_weights is not None:
+            return super().order(epoch)
+        epoch = self.epoch if epoch is None else epoch
+        parts = np.searchsorted(self.data.store.offsets, self.data.index, side="right") - 1
+        perm = windowed_permutation(torch.from_numpy(parts), len(self.data.store.parts), window,
+                                    torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0x5EED)))  # fmt: skip
+        per_rank = self.n_images // self.world_size
+        return perm[self.rank : per_rank * self.world_size : self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

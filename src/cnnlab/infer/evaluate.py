@@ -465,7 +465,8 @@ def _source_label(source: str) -> str:
     """A folder-name part for another data source: its name, and a short digest of the whole
     spec or path unless it is a bare dataset name (``synthetic:n=60`` and ``synthetic:n=600``,
     or ``a/photos`` and ``b/photos``, must not share a folder)."""
-    name = _label(Path(source.split(":")[0].rstrip("/\\")).name or "data")
+    base = source.rstrip("/").rsplit("/", 1)[-1] if "://" in source else source.split(":")[0]  # a URL: its last segment
+    name = _label(Path(base.rstrip("/\\")).name or "data")
     if re.fullmatch(r"[A-Za-z0-9_-]+", source):
         return name
     try:

@@ -39,7 +39,7 @@ from cnnlab.data.decode import _convert, readable
 from cnnlab.data.images import IMAGE_SUFFIXES, decode_image, parallel_map
 from cnnlab.data.imageset import ImageSet
 from cnnlab.data.loader import DeviceLoader
-from cnnlab.data.store import EVAL_CROP, StoreSplit
+from cnnlab.data.store import EVAL_CROP, StoreSplit, draft_reduced, resize_over_box
 from cnnlab.data.stream import StreamLoader, center_box
 from cnnlab.errors import CnnlabError
 from cnnlab.infer.calibration import calibration_path, stored_temperature
@@ -332,18 +332,11 @@ def decode_centre_crop(args: tuple[str, int, int, float]) -> tuple[np.ndarray | 
             w, h = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees: the upright sides swap
                 w, h = h, w
-            need = size / max(1.0, crop * min(w, h))
-            if im.format == "JPEG" and need < 0.5:
-                im.draft(im.mode, (max(1, int(im.size[0] * need + 1)), max(1, int(im.size[1] * need + 1))))
+            draft_reduced(im, size / max(1.0, crop * min(w, h)))
             im = _convert(ImageOps.exif_transpose(im), channels)
-            sx, sy = im.size[0] / w, im.size[1] / h  # a reduced-scale decode rounds each side up on its own
-            left, top, right, bottom = center_box(h, w, crop)
-            box = (left * sx, top * sy, right * sx, bottom * sy)
-            im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
-            arr = np.asarray(im, dtype=np.uint8)
+            return resize_over_box(im, center_box(h, w, crop), (w, h), size), None
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt data surfaces as many exception types
         return None, f"corrupt or truncated image: {readable(str(exc))}"
-    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), None
 
 
 def read_image(path: str | Path, image_shape: Sequence[int], crop: float | None = None) -> np.ndarray:
