@@ -392,8 +392,8 @@ def plan_timed_run(cfg: RunConfig, started: float, seconds: float, max_epochs: i
     epochs and a part of one, up to ``max_epochs``, counting each epoch's validation, the
     test pass (and flip TTA's passes). When that
     plan makes the first epoch all warmup (:func:`cnnlab.train.deadline.deadline_schedule`:
-    onecycle's rise over ``1 / pct_start`` epochs or more), the run re-plans its steps once
-    from its first epoch's pace, exactly, as the recipe's final run does. Otherwise the
+    onecycle's rise over ``1 / pct_start`` epochs or more), the run re-plans its steps after
+    each warmup epoch from the epochs' median pace, exactly, as the recipe's final run does. Otherwise the
     timing's plan stands, keeping :data:`UNCORRECTED_MARGIN` free for the timing's error.
 
     Args:

@@ -115,9 +115,13 @@ class EpochOrder:
         if self.sample_weights is not None:
             perm = torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
         else:
-            perm = torch.randperm(n, generator=gen)
+            perm = self._permutation(gen)
         per_rank = n // self.world_size
         return perm[self.rank : per_rank * self.world_size : self.world_size]
+
+    def _permutation(self, gen: torch.Generator) -> torch.Tensor:
+        """An epoch's permutation of the training images, drawn from ``gen`` (a batch source may visit them otherwise)."""
+        return torch.randperm(self.n_images, generator=gen)
 
 
 class DeviceLoader(EpochOrder):

@@ -55,6 +55,14 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}  # fmt: skip
 
 
+MISSING = ("404", "NoSuchKey", "NotFound")  # the service's codes for an object that is not there
+
+
+def _code(exc: Any) -> str:
+    """The error code of a botocore ``ClientError``."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 def is_remote(source: object) -> bool:
     """Whether ``source`` is a URL of an object store (``s3://bucket/prefix``) rather than a local path."""
     if not isinstance(source, (str, os.PathLike)):
@@ -142,10 +150,10 @@ class RemoteStore:
             raise CnnlabError(f"cannot reach the storage service for {where} ({exc}); check the network and "
                               f"AWS_ENDPOINT_URL") from None  # fmt: skip
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            code = _code(exc)
             if code == "NoSuchBucket":
                 raise CnnlabError(f"the bucket {self.bucket} of {self.url} does not exist") from None
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if code in MISSING:
                 if rel == MARKER:
                     raise CnnlabError(f"{self.url} is not a finished cnnlab store (no {MARKER}); write one with "
                                       f"`cnnlab data prepare SRC --out {self.url}`") from None  # fmt: skip
@@ -156,9 +164,17 @@ class RemoteStore:
         except BotoCoreError as exc:
             raise CnnlabError(f"reading {where} failed: {exc}") from None
 
-    def _get(self, rel: str) -> bytes:
+    def _get(self, rel: str, *, missing_ok: bool = False) -> bytes | None:
+        """The object ``rel``'s bytes (None when it is missing and ``missing_ok``)."""
+        from botocore.exceptions import ClientError
+
         with self._errors(rel):
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"].read()
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"].read()
+            except ClientError as exc:
+                if missing_ok and _code(exc) in MISSING:
+                    return None
+                raise
 
     def _download(self, rel: str) -> int:
         """Fetch ``rel`` into the cache folder (atomically: a temporary name, then a rename); its size."""
@@ -182,6 +198,7 @@ class RemoteStore:
         Processes sharing the cache (the ranks of a torchrun) take turns through a file lock.
         """
         marker = self._get(MARKER)
+        assert marker is not None  # not missing_ok: a missing marker raised
         try:
             meta = json.loads(marker)
             parts = [f"part-{k:05d}" for k in range(int(meta["parts"]))]
@@ -227,8 +244,12 @@ class RemoteStore:
 
     # ------------------------------------------------------------------ chunks
 
-    def ensure(self, k: int, folder: Path, *, verify: bool = False) -> None:
-        """Make part ``k``'s chunk files (in ``folder``) local, fetching them if needed; mark the part as just used.
+    def part(self, k: int) -> Path:
+        """Part ``k``'s folder in the cache."""
+        return self.local / "parts" / f"part-{k:05d}"
+
+    def ensure(self, k: int, *, verify: bool = False) -> None:
+        """Make part ``k``'s chunk files local, fetching them if needed; mark the part as just used.
 
         ``verify``: a read found a file missing (another process evicted it): check the files again.
         """
@@ -246,22 +267,23 @@ class RemoteStore:
                     self._bytes -= self._present.pop(k, 0)
             elif k in self._present:
                 return
+            folder = self.part(k)
             try:
                 index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
                 names = [c["filename"] for c in index["chunks"]]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise CnnlabError(f"the cached index of {self.url}/parts/{folder.name} is damaged ({exc}); "
                                   f"delete {self.local} and run again") from None  # fmt: skip
-            size = 0
+            size = fetched = 0
             for name in names:
                 path = folder / name
                 if path.is_file():
                     size += path.stat().st_size
                 else:
-                    got = self._download(f"parts/{folder.name}/{name}")
-                    self.fetched_bytes += got
-                    size += got
+                    fetched += self._download(f"parts/{folder.name}/{name}")
             with self._lock:
+                self.fetched_bytes += fetched
+                size += fetched
                 self._present[k] = size
                 self._bytes += size
                 evicted = self._evict(keep=k)
@@ -280,8 +302,7 @@ class RemoteStore:
             if old == keep:
                 continue
             self._bytes -= self._present.pop(old)
-            folder = self.local / "parts" / f"part-{old:05d}"
-            for chunk in folder.glob("*.bin"):
+            for chunk in self.part(old).glob("*.bin"):
                 with contextlib.suppress(FileNotFoundError):
                     chunk.unlink()
             evicted.append(old)
@@ -296,15 +317,9 @@ class RemoteStore:
 
     def remote_marker(self) -> dict[str, Any] | None:
         """The ``cnnlab-store.json`` at the URL, or None when there is none (nothing finished there)."""
-        from botocore.exceptions import ClientError
-
-        with self._errors(MARKER):
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=self.key(MARKER))["Body"].read()
-            except ClientError as exc:
-                if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
-                    return None
-                raise
+        body = self._get(MARKER, missing_ok=True)
+        if body is None:
+            return None
         try:
             return dict(json.loads(body))
         except (ValueError, TypeError):

@@ -284,15 +284,19 @@ def prepare_remote(url: str, items: Sequence[PrepareItem], classes: Sequence[str
     if theirs is not None and theirs.get("fingerprint") != plan:
         raise CnnlabError(f"{url} already holds another store; delete it first or choose another URL")
     folder = remote.local
-    try:
-        ours = json.loads((folder / PLAN).read_text(encoding="utf-8")).get("plan")
-    except (OSError, ValueError, AttributeError):
-        ours = None
-    if ours != plan and any(folder.iterdir()):  # only a cache (of another store, or another prepare): start afresh
+    if _plan_of(folder) != plan and any(folder.iterdir()):  # only a cache (of another store, or another prepare): start afresh
         shutil.rmtree(folder)
     meta = prepare_store(items, classes, channels, folder, max_side=max_side, fmt=fmt, fingerprint=fingerprint,
                          part_size=part_size, **kwargs)  # fmt: skip
     return meta, remote.upload(folder)
+
+
+def _plan_of(folder: Path) -> str | None:
+    """The plan hash of the prepare that owns ``folder`` (None: none, or unreadable)."""
+    try:
+        return json.loads((folder / PLAN).read_text(encoding="utf-8")).get("plan")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _claim(out: Path, plan_hash: str) -> None:
@@ -301,11 +305,7 @@ def _claim(out: Path, plan_hash: str) -> None:
         raise UsageError(f"--out {readable(str(out))} is a file; give a new folder for the store")
     plan_file = out / PLAN
     if plan_file.is_file():
-        try:
-            theirs = json.loads(plan_file.read_text(encoding="utf-8")).get("plan")
-        except (OSError, ValueError, AttributeError):
-            theirs = None
-        if theirs != plan_hash:
+        if _plan_of(out) != plan_hash:
             raise UsageError(f"{readable(str(out))} holds a store of other images or settings; "
                              "give a new --out (or remove that folder)")  # fmt: skip
         return
@@ -429,12 +429,12 @@ class Store:
         j = int(i - self.offsets[k])
         if self.remote is None:
             return self._read(k, j)
-        self.remote.ensure(k, self.parts[k])
+        self.remote.ensure(k)
         try:
             return self._read(k, j)
         except FileNotFoundError:  # another process sharing the cache evicted the part: fetch it again
             self._forget(k)
-            self.remote.ensure(k, self.parts[k], verify=True)
+            self.remote.ensure(k, verify=True)
             return self._read(k, j)
 
     def _read(self, k: int, j: int) -> bytes:

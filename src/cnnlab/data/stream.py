@@ -137,26 +137,22 @@ class StreamLoader(EpochOrder):
 
     # ------------------------------------------------------------------ the same contract as DeviceLoader
 
-    def order(self, epoch: int | None = None) -> torch.Tensor:
-        """The epoch's order; for a remote store larger than its cache, a window of parts at a time.
+    def _permutation(self, gen: torch.Generator) -> torch.Tensor:
+        """The epoch's permutation; for a remote store larger than its cache, a window of parts at a time.
 
         A permutation of the whole split would fetch every part many times per epoch when
         the cache holds only some of them (each batch touches a part per image or so). The
         windowed order (litdata and MosaicML streaming shuffle the same way) permutes the
         parts, takes them a window at a time (as many as half the cache holds), and permutes
-        the images within each window: every part is fetched once per epoch. Still a pure
-        function of ``(seed, epoch)``, the same on every rank, sliced by rank as before.
+        the images within each window: every part is fetched once per epoch. Still drawn from
+        the epoch's generator: a pure function of ``(seed, epoch)``, sliced by rank as before.
         """
-        remote = self.data.store.remote
-        window = None if remote is None else remote.window_parts()
-        if window is None or not self.train or self.sample_weights is not None:
-            return super().order(epoch)
-        epoch = self.epoch if epoch is None else epoch
-        parts = np.searchsorted(self.data.store.offsets, self.data.index, side="right") - 1
-        perm = windowed_permutation(torch.from_numpy(parts), len(self.data.store.parts), window,
-                                    torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0x5EED)))  # fmt: skip
-        per_rank = self.n_images // self.world_size
-        return perm[self.rank : per_rank * self.world_size : self.world_size]
+        store = self.data.store
+        window = None if store.remote is None else store.remote.window_parts()
+        if window is None:
+            return super()._permutation(gen)
+        parts = np.searchsorted(store.offsets, self.data.index, side="right") - 1
+        return windowed_permutation(torch.from_numpy(parts), len(store.parts), window, gen)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
