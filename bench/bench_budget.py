@@ -25,7 +25,8 @@ included, and reports its test accuracy. The methods:
   minutes and more; naming it in ``--methods`` runs it at every budget.
 * ``recipe``: ``cnnlab recipe --data fashion-mnist --budget B --seed S`` (the seed is the
   training seed, which also seeds the recipe's samplers); its test accuracy from
-  ``final/summary.json``. Its budget must be at least 1 minute.
+  ``final/summary.json``, or the ensemble's from ``recipe.json`` when the recipe averaged
+  several final models. Its budget must be at least 1 minute.
 
 Each method runs in its own subprocess (nothing leaks between them, and wall time includes
 Python's start-up), with every file written into one temporary folder, deleted at the end
@@ -275,10 +276,17 @@ class Bench:
                "--out", str(out), "--quiet", *self.subset_flags]  # fmt: skip
         rc, wall, text = _child(cmd, out.with_name(out.name + "-log.txt"), self.tmp, _timeout(budget_s))
         summary = _read_json(out / "final" / "summary.json") or {}
+        steps = (_read_json(out / "recipe.json") or {}).get("steps", {})
         acc = summary.get("test_acc")
         if acc is None:  # recipe.json's record of the final step says the same, when the summary is unreadable
-            acc = ((_read_json(out / "recipe.json") or {}).get("steps", {}).get("final") or {}).get("test_acc")
+            acc = (steps.get("final") or {}).get("test_acc")
         detail: dict[str, Any] = {"epochs": summary.get("epochs_run")}
+        ensemble = steps.get("ensemble") or {}
+        if ensemble:  # more final models were trained: the recipe's result is their average when it was used
+            detail["ensemble"] = {k: ensemble.get(k) for k in ("used", "val_acc", "test_acc", "members")}
+            detail["single_test_acc"] = acc
+            if ensemble.get("used"):
+                acc = ensemble.get("test_acc")
         if acc is None or rc != 0:  # a final model tested before a later failure (the report) still counts
             detail["error"] = _error(rc, text)
         return wall, None if acc is None else float(acc), detail

@@ -326,7 +326,7 @@ from cnnlab.train.runtime import resolve_runtime
 
 cfg = load_run_config(None, {{"train": {{"tta": "auto", "device": "cpu", "eval_batch_size": 4}}}})
 runtime = resolve_runtime(cfg.train)
-decision = choose_tta(LeftHalfModel(), _splits("symmetric", symmetric_split), cfg, runtime, verbose=False)
+decision, _ = choose_tta(LeftHalfModel(), _splits("symmetric", symmetric_split), cfg, runtime, verbose=False)
 with open(os.path.join({out!r}, f"rank{{runtime.rank}}.json"), "w") as f:
     json.dump(decision, f)
 import torch.distributed as dist

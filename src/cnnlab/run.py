@@ -48,6 +48,7 @@ from cnnlab.transfer.finetune import fit_transfer
 log = logging.getLogger(__name__)
 
 TEST = "test"  # the split whose predictions finish_run saves
+VAL = "val"  # saved too when flip TTA was chosen on it (train.tta: auto), with the choice the test used
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -426,7 +427,9 @@ def finish_run(
     ``predictions-test.npz`` (its logits, or log-probabilities with TTA, and labels in
     split order), so reports read the test results instead of evaluating again. With
     ``train.tta: auto`` the best weights are first validated with and without flip TTA
-    (:func:`choose_tta`), and the test uses TTA only if it helped there.
+    (:func:`choose_tta`), and the test uses TTA only if it helped there; that validation
+    pass, as the test used it, is saved too (``predictions-val.npz``: a recipe's ensemble
+    is chosen on it).
 
     Args:
         model: the trained model; it is given the weights of ``best.pt`` when there is one.
@@ -445,12 +448,13 @@ def finish_run(
     folder = RunFolder(run_dir)
     if folder.best_pt.is_file():
         model.load_state_dict(load_checkpoint(folder.best_pt, map_location=runtime.device)["model"])
-    test, test_seconds = None, None
+    test, test_seconds, val_outputs = None, None, None
     loader = eval_loader(splits.test, splits, cfg, runtime) if evaluate_test else None
     tta: dict[str, Any] = {"mode": cfg.train.tta, "used": False}
     if loader is not None:
         model.to(runtime.device)
-        tta = choose_tta(model, splits, cfg, runtime, verbose=verbose)
+        tta, val = choose_tta(model, splits, cfg, runtime, verbose=verbose)
+        val_outputs = _split_outputs(val, runtime, len(splits.classes)) if val is not None else None
         with PassProgress("testing", len(loader), enabled=verbose and runtime.is_main) as bar:
             test = evaluate(model, loader, runtime, tta=tta["used"], keep_outputs=True, progress=bar)
         test_seconds = bar.seconds
@@ -473,6 +477,8 @@ def finish_run(
     if runtime.is_main:
         if test:
             folder.write_predictions(TEST, logits, labels)
+        if val_outputs is not None:  # the validation images TTA was chosen on, as the test used them (an ensemble chooses on these)
+            folder.write_predictions(VAL, *val_outputs)
         folder.write_summary(summary)
         line = result_line(summary)
         if verbose and line:
@@ -481,7 +487,7 @@ def finish_run(
 
 
 def choose_tta(model: torch.nn.Module, splits: Splits, cfg: RunConfig, runtime: Runtime, *,
-               verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+               verbose: bool = True) -> tuple[dict[str, Any], EvalResult | None]:  # fmt: skip
     """Whether the test evaluation uses flip TTA, as ``summary.json`` records it under ``"tta"``.
 
     ``off`` and ``on`` say so themselves. ``auto`` evaluates ``model`` (the best weights) on
@@ -493,24 +499,25 @@ def choose_tta(model: torch.nn.Module, splits: Splits, cfg: RunConfig, runtime: 
 
     Returns:
         ``{"mode", "used"}``; with ``auto`` also ``"val_acc"`` and ``"val_acc_tta"``, or a
-        ``"reason"`` when there are no validation images to choose on.
+        ``"reason"`` when there are no validation images to choose on. Second, with ``auto``,
+        the validation pass the choice kept (its outputs, for ``predictions-val.npz``); else None.
     """
     mode = cfg.train.tta
     if mode != "auto":
-        return {"mode": mode, "used": mode == "on"}
+        return {"mode": mode, "used": mode == "on"}, None
     loader = eval_loader(validation_images(splits, cfg.train), splits, cfg, runtime)
     if loader is None:
         if runtime.is_main:
             log.info("flip TTA: no validation split to choose it on, so not used for the test")
-        return {"mode": mode, "used": False, "reason": "no validation split"}
+        return {"mode": mode, "used": False, "reason": "no validation split"}, None
     with PassProgress("validating for flip TTA", 2 * len(loader), enabled=verbose and runtime.is_main) as bar:
-        plain = evaluate(model, loader, runtime, progress=bar)
-        flipped = evaluate(model, loader, runtime, tta=True, progress=bar)
+        plain = evaluate(model, loader, runtime, keep_outputs=True, progress=bar)
+        flipped = evaluate(model, loader, runtime, tta=True, keep_outputs=True, progress=bar)
     used = flipped.acc > plain.acc
     if runtime.is_main:
         log.info("flip TTA: validation %.2f%% -> %.2f%%, %s", 100 * plain.acc, 100 * flipped.acc,
                  "used for the test" if used else "not used for the test")  # fmt: skip
-    return {"mode": mode, "used": used, "val_acc": plain.acc, "val_acc_tta": flipped.acc}
+    return {"mode": mode, "used": used, "val_acc": plain.acc, "val_acc_tta": flipped.acc}, flipped if used else plain
 
 
 def summary_epoch(epoch: int | None) -> int | None:

@@ -10,7 +10,7 @@ A run folder is the interface between training and everything that reads results
     last.pt                  the latest checkpoint (resumable)
     best.pt                  the weights with the best validation accuracy
     summary.json             the final result, test accuracy included; its presence means "finished"
-    predictions-<split>.npz  logits and labels of one split, when a caller saved them
+    predictions-<split>.npz  logits and labels of one split: the test, and the validation a TTA choice was made on
     skipped.txt              the data files the run could not use (path and reason), when there were any
     code/<file>.py           a copy of the user code the model was built from (--model file.py:factory)
     tracking.json            the experiment tracker's run this run logs to (--track), so --resume continues it

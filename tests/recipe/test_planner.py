@@ -88,3 +88,52 @@ def test_plan_reads_back_and_refuses_bad_measurements() -> None:
         plan_budget(BUDGET_1H, 0.0, 60.0)  # a search still to run needs the trials' speed
     with pytest.raises(CnnlabError, match="budget"):
         plan_budget(float("nan"), 0.0, 60.0, 10.0)
+
+
+# --------------------------------------------------------------------------- ensembles (rule 4)
+
+
+def test_time_beyond_saturation_buys_more_final_models_before_any_search() -> None:
+    # 30 min, 120 s spent, 30 s epochs + 10 s fixed: 55 epochs fit, more than 30: two models of 27 epochs, no search
+    plan = plan_budget(1800.0, 120.0, 30.0, 3.0, trial_epochs=2, fixed_seconds=10.0, max_epochs=30, max_members=3)
+    assert plan.members == 2 and plan.final_epochs == (1680 - 2 * 10) // (2 * 30) == 27
+    assert plan.skip_search and plan.search_seconds == 0.0 and _within_budget(plan)
+    assert plan.final_seconds == pytest.approx(2 * (27 * 30.0 + 10.0))
+    assert any("2 averaged final models" in r for r in plan.reasons) and any(r.startswith("ensemble:") for r in plan.reasons)
+    # with --ensemble 1 the same time goes to one saturated model and a search, as before
+    single = plan_budget(1800.0, 120.0, 30.0, 3.0, trial_epochs=2, fixed_seconds=10.0, max_epochs=30, max_members=1)
+    assert single.members == 1 and single.final_epochs == 30 and not single.skip_search
+
+
+@pytest.mark.parametrize("left_epochs", [31, 45, 59, 60, 61, 89, 90, 91, 120, 500])
+def test_members_share_the_time_and_each_gets_at_least_half_the_saturation_epochs(left_epochs: int) -> None:
+    from cnnlab.recipe.planner import MAX_MEMBERS, share_members
+
+    members, epochs = share_members(left_epochs * 10.0, 10.0, 0.0, 30, MAX_MEMBERS)
+    assert 2 <= members <= MAX_MEMBERS and 15 <= epochs <= 30
+    assert members * epochs <= left_epochs  # within the time
+    if members < MAX_MEMBERS:  # not capped by the member count: more than the time's worth of whole models
+        assert (members - 1) * 30 < left_epochs <= members * 30
+
+
+def test_fixed_costs_drop_a_member_rather_than_starve_them() -> None:
+    from cnnlab.recipe.planner import share_members
+
+    # 61 epochs' time, 3 models would each get (610 - 3 x 100) / 30 = 10 epochs (< 15): two models of 20 instead
+    assert share_members(610.0 + 100.0, 10.0, 100.0, 30, 3) == (2, (710 - 200) // 20)
+    assert share_members(250.0, 10.0, 0.0, 30, 3) == (1, 25)  # below saturation: one model, every epoch
+
+
+def test_search_runs_only_beyond_the_largest_ensemble_of_saturated_models() -> None:
+    # 2 h, 30 s epochs: 3 models x 30 epochs take 2700 s; the 4500 s beyond go to the search
+    plan = plan_budget(7200.0, 0.0, 30.0, 3.0, trial_epochs=2, max_epochs=30, max_members=3)
+    assert plan.members == 3 and plan.final_epochs == 30 and not plan.skip_search
+    assert plan.search_seconds == pytest.approx(7200.0 - 3 * 30 * 30.0) and _within_budget(plan)
+    with pytest.raises(CnnlabError, match="at least one final model"):
+        plan_budget(7200.0, 0.0, 30.0, 3.0, max_members=0)
+
+
+def test_plans_of_recipes_before_ensembles_read_back_as_one_model() -> None:
+    data = plan_budget(BUDGET_5M, 0.0, 20.0, 3.0, max_epochs=30).as_dict()
+    del data["members"]
+    assert Plan.from_dict(data).members == 1

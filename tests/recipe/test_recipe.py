@@ -321,3 +321,30 @@ def test_a_plan_that_skips_the_search_trains_the_starting_configuration(tmp_path
     assert final.epochs == len(RunFolder(tmp_path / "final").read_metrics()) == SATURATION_EPOCHS
     html = rewrite_report(tmp_path).read_text()
     assert "search skipped" in html and "the starting configuration" in html and "must beat" in html
+
+
+def test_short_trials_keep_the_starting_regularisation(recipe_dir: Path, tmp_path: Path) -> None:
+    """Trials shorter than half the final model's epochs choose the learning rate, not weight decay or dropout."""
+    import dataclasses
+
+    from cnnlab.recipe.step import RecipeContext
+
+    def choose(final_epochs: int):  # noqa: ANN202
+        out = tmp_path / f"r{final_epochs}"
+        shutil.copytree(recipe_dir, out)
+        state = RecipeState.load(out)
+        for key in ("chosen", "final"):
+            del state.steps[key]
+            state.order.remove(key)
+        options = dataclasses.replace(OPTIONS, final_epochs=final_epochs)
+        ctx = RecipeContext(_cfg(), options, out, state, RECIPE_STEPS, verbose=False)
+        return RECIPE_STEPS["chosen"].run(ctx, "chosen"), load_run_config(out / "best.yaml")
+
+    start = _cfg()
+    chosen, best = choose(10)  # trials of 1-2 epochs, a final model of 10
+    assert chosen.kept and set(chosen.kept) <= {"optim.weight_decay", "model.dropout"} and "less than half" in chosen.why_kept
+    assert best.optim.weight_decay == start.optim.weight_decay and best.model.dropout == start.model.dropout
+    assert best.optim.lr == pytest.approx(chosen.params["optim.lr"])  # the search's learning rate stands
+    assert "kept from the start" in RECIPE_STEPS["chosen"].evidence(chosen)
+    chosen, best = choose(2)  # trials as long as half the final model's: the search decides everything
+    assert chosen.kept == {} and best.optim.weight_decay == pytest.approx(chosen.params["optim.weight_decay"])

@@ -99,7 +99,7 @@ def test_registry_refuses_duplicates_and_finds_repeated_keys() -> None:
     assert steps.for_key("count-3").name == "count"
     with pytest.raises(KeyError, match="no recipe step"):
         steps.for_key("nothing-1")
-    assert [s.name for s in RECIPE_STEPS] == ["check", "overfit", "plan", "lr_find", "coarse", "diagnose", "refine", "chosen", "final"]
+    assert [s.name for s in RECIPE_STEPS] == ["check", "overfit", "plan", "lr_find", "coarse", "diagnose", "refine", "chosen", "final", "member", "ensemble"]
     assert RECIPE_STEPS.for_key("refine-2").name == "refine" and RECIPE_STEPS.for_key("diagnose-1").name == "diagnose"
 
 
@@ -107,7 +107,8 @@ def test_a_registered_step_result_round_trips_through_plain_data() -> None:
     step = RECIPE_STEPS["chosen"]
     chosen = Chosen({"optim.lr": 0.05, "train.batch_size": 64}, 0.91, "runs/x/trials/coarse-003")
     data = json.loads(json.dumps(step.to_dict(chosen)))
-    assert data == {"params": {"optim.lr": 0.05, "train.batch_size": 64}, "value": 0.91, "from": "runs/x/trials/coarse-003"}
+    assert data == {"params": {"optim.lr": 0.05, "train.batch_size": 64}, "value": 0.91, "from": "runs/x/trials/coarse-003",
+                    "kept": {}, "why_kept": ""}
     assert step.from_dict(data) == chosen
     assert step.evidence(chosen) == "optim.lr=0.05, train.batch_size=64 (val acc 91.00%)"
 

@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from cnnlab.cli.dashboard import add_dashboard_flag
     from cnnlab.cli.train import add_run_args
     from cnnlab.config import TrainConfig
+    from cnnlab.recipe.planner import MAX_MEMBERS
 
     parser = subparsers.add_parser(
         "recipe",
@@ -64,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--refine-epochs", type=config_number(TrainConfig, "epochs"), default=4, metavar="N", help="epochs per refine trial")
     r.add_argument("--search-subset", type=number(integer=True, lo=0), default=10000, metavar="N", help="training images per search trial, stratified (0 = all)")
     r.add_argument("--final-epochs", type=config_number(TrainConfig, "epochs"), metavar="N", help="epochs of the final training (default: the whole epochs the budget left allows at the final model's measured speed, at most 30)")
+    r.add_argument("--ensemble", type=number(integer=True, lo=1, hi=100), default=MAX_MEMBERS, metavar="N",
+                   help="at most N final models from different seeds, averaged, when the budget holds more epochs than one "
+                        "model can use (1 = always one model)")
     r.add_argument("--rounds", type=number(integer=True, lo=1, hi=100), default=3, metavar="N", help="refine/diagnose rounds at most")
     r.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     r.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha")
@@ -127,7 +131,7 @@ def _new_recipe(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     options = RecipeOptions(
         budget_seconds=parse_duration(args.budget), coarse_trials=args.trials, refine_trials=args.trials,
         coarse_epochs=args.coarse_epochs, refine_epochs=args.refine_epochs, search_subset=args.search_subset or None,
-        final_epochs=args.final_epochs, max_rounds=args.rounds, sampler=args.sampler, pruner=args.pruner,
+        final_epochs=args.final_epochs, max_rounds=args.rounds, ensemble=args.ensemble, sampler=args.sampler, pruner=args.pruner,
         workers=args.workers, storage=args.storage or os.environ.get("CNNLAB_STORAGE"), stop_on_failure=not args.keep_going, seed=cfg.train.seed,
     )  # fmt: skip
     out = Path(args.out) if args.out else default_run_dir(cfg).with_name("recipe-" + default_run_dir(cfg).name)

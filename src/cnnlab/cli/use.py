@@ -110,7 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Predict the top-k classes of image files, preprocessed exactly as the training images.",
         epilog=PREDICT_EPILOG, formatter_class=fmt,
     )  # fmt: skip
-    pr.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
+    pr.add_argument("checkpoint", metavar="RUN|CKPT|RECIPE", help=_MODEL_HELP + "; or a recipe folder: its result, the "
+                    "final model or the average of its final models")  # fmt: skip
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     pr.add_argument("--topk", type=number(integer=True, lo=1), default=3, metavar="K", help="classes to show per image")
     pr.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -187,13 +188,15 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from cnnlab.errors import UsageError
     from cnnlab.data.decode import readable
+    from cnnlab.infer.ensemble import is_recipe_folder, load_recipe_predictor
     from cnnlab.infer.predict import find_images, load_predictor
     from cnnlab.io import json_dumps
 
     if args.topk < 1:
         raise UsageError(f"--topk must be at least 1, got {args.topk}")
     files = find_images(args.paths)  # before loading the model: a typo fails fast
-    predictor = load_predictor(args.checkpoint, device=args.device, calibrated=not args.no_calibration)
+    load = load_recipe_predictor if is_recipe_folder(args.checkpoint) else load_predictor
+    predictor = load(args.checkpoint, device=args.device, calibrated=not args.no_calibration)
     predictions = predictor.predict_files(files, topk=args.topk, batch_size=args.batch_size or 256)
     failed = 0
     if args.json:

@@ -46,6 +46,7 @@ from cnnlab.recipe.search import trial_logs_hushed
 from cnnlab.recipe.state import STATE_FILE, RecipeOptions, RecipeState, RecipeStopped
 from cnnlab.recipe.step import RecipeContext, StepRegistry
 from cnnlab.recipe.steps import RECIPE_STEPS
+from cnnlab.recipe.steps.ensemble import recipe_test_acc
 
 __all__ = ["RecipeOptions", "RecipeResult", "RecipeState", "RecipeStopped", "rewrite_report", "run_recipe"]
 
@@ -231,7 +232,7 @@ def _run_locked(cfg: RunConfig, out_dir: Path, options: RecipeOptions, state: Re
     final = ctx.records.get("final")
     return RecipeResult(
         out_dir=out_dir, best_config=out_dir / "best.yaml" if (out_dir / "best.yaml").is_file() else None,
-        final_run=out_dir / "final" if final else None, test_acc=final.test_acc if final else None,
+        final_run=out_dir / "final" if final else None, test_acc=recipe_test_acc(ctx.records),
         report=report, stopped=stopped, state=state,
     )  # fmt: skip
 

@@ -15,6 +15,7 @@ from cnnlab.recipe.html import esc, h2, verdict
 from cnnlab.recipe.state import RecipeState
 from cnnlab.recipe.step import Records, ReportContext
 from cnnlab.recipe.steps import RECIPE_STEPS
+from cnnlab.recipe.steps.ensemble import ENSEMBLE, recipe_test_acc
 
 # An overrun below 2% of the budget is timing noise, not worth a comment.
 BUDGET_SLACK = 0.02
@@ -66,15 +67,16 @@ def write_recipe_report(out_dir: str | Path, state: RecipeState) -> Path:
 def _header(report: ReportContext) -> str:
     state, out_dir = report.state, report.out
     cfg = state.config
-    final = report.records.get("final")
-    test = final.test_acc if final is not None else None
+    test = recipe_test_acc(report.records)
+    ensemble = report.records.get(ENSEMBLE)
+    what = f"the average of {len(ensemble.members)} final models" if ensemble is not None and ensemble.used else "final model"
     status = "finished" if state.finished else "not finished (continue with <code>cnnlab recipe --resume " + esc(out_dir) + "</code>)"
     budget = state.options.get("budget_seconds")
     rows = [
         ("data", esc(cfg.get("data", {}).get("source", "-"))), ("model", esc(cfg.get("model", {}).get("name", "-"))),
         ("budget", esc(f"{budget / 60:.0f} min" if budget else "trial count")),
         ("time spent", esc(time_spent(state.spent_seconds, budget))), ("status", status),
-        ("test accuracy (final model, evaluated once)", f"<b>{test:.2%}</b>" if test is not None else "-"),
+        (f"test accuracy ({what}, evaluated once)", f"<b>{test:.2%}</b>" if test is not None else "-"),
     ]  # fmt: skip
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<h1>cnnlab recipe</h1><p class='muted'>{esc(out_dir)}</p><table>{table}</table>"

@@ -12,6 +12,7 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.io import atomic_write_json
+from cnnlab.recipe.planner import MAX_MEMBERS
 from cnnlab.recipe.storage import redact
 
 STATE_FILE = "recipe.json"
@@ -31,6 +32,8 @@ class RecipeOptions:
         final_epochs: epochs of the final training (None: the whole epochs the budget left
             allows at the final model's measured speed, at most 30).
         max_rounds: refine/diagnose rounds at most.
+        ensemble: final models at most, averaged when the budget holds more epochs than one
+            model can use (1: always a single model).
         sampler, pruner, workers, storage: passed to the searches (see ``cnnlab search``);
             ``storage`` is written to recipe.json with its password masked, so a resume
             needs the URL again (``--storage`` or ``CNNLAB_STORAGE``).
@@ -46,6 +49,7 @@ class RecipeOptions:
     search_subset: int | None = 10000
     final_epochs: int | None = None
     max_rounds: int = 3
+    ensemble: int = MAX_MEMBERS
     sampler: str = "tpe"
     pruner: str = "asha"
     workers: int = 1
@@ -60,7 +64,8 @@ class RecipeOptions:
             raise UsageError(f"a recipe budget of {self.budget_seconds:.0f} s is too short; give at least --budget 1m")
         at_least_one = {"--trials": self.coarse_trials, "--trials (refine)": self.refine_trials,
                         "--coarse-epochs": self.coarse_epochs, "--refine-epochs": self.refine_epochs,
-                        "--final-epochs": self.final_epochs, "--rounds": self.max_rounds, "--workers": self.workers}  # fmt: skip
+                        "--final-epochs": self.final_epochs, "--rounds": self.max_rounds, "--workers": self.workers,
+                        "--ensemble": self.ensemble}  # fmt: skip
         for flag, value in at_least_one.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"{flag} must be a whole number of at least 1, got {value!r}")

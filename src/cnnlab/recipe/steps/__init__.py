@@ -10,6 +10,7 @@ from cnnlab.recipe.step import StepRegistry
 from cnnlab.recipe.steps.check import CheckStep
 from cnnlab.recipe.steps.chosen import ChosenStep
 from cnnlab.recipe.steps.diagnose import DiagnoseStep
+from cnnlab.recipe.steps.ensemble import EnsembleStep, MemberStep
 from cnnlab.recipe.steps.final import FinalStep
 from cnnlab.recipe.steps.lrfind import LrFindStep
 from cnnlab.recipe.steps.overfit import OverfitStep
@@ -26,3 +27,5 @@ RECIPE_STEPS.register(DiagnoseStep())  # run by each refine round, before it sea
 RECIPE_STEPS.register(RefineStep())
 RECIPE_STEPS.register(ChosenStep())
 RECIPE_STEPS.register(FinalStep())
+RECIPE_STEPS.register(MemberStep())  # more final models when the time left is more than one can use
+RECIPE_STEPS.register(EnsembleStep())

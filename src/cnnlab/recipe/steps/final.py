@@ -72,7 +72,8 @@ class FinalStep(OnceStep):
         # best.yaml reproduces the final run: the epochs it trains (not the base config's) and its TTA choice.
         atomic_write_text(ctx.out / BEST_YAML, dump_yaml(cfg))
         paced = " (re-planned in steps after each warmup epoch, from their pace)" if deadline is not None else ""
-        ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split{paced} -> {run.path}")
+        models = f" (the first of {plan.members} models to average)" if plan is not None and plan.members > 1 else ""
+        ctx.say(f"final: {plural(epochs, 'epoch')} on the whole training split{paced}{models} -> {run.path}")
         summary = run_training(cfg, run.path, verbose=ctx.verbose, deadline=deadline)
         if deadline is not None:  # the steps the deadline set are in the run's config.yaml: best.yaml gets them too
             atomic_write_text(ctx.out / BEST_YAML, dump_yaml(run.read_config()))
@@ -121,7 +122,11 @@ class FinalStep(OnceStep):
 
 
 def _plan(ctx: RecipeContext, cfg: RunConfig) -> Plan:
-    """The final run's plan: all the time left (up to the saturation epochs), in whole epochs of its measured speed.
+    """The final runs' plan: all the time left, in whole epochs of the final model's measured speed.
+
+    Up to the saturation epochs for one model; beyond them, the time is shared by up to
+    ``--ensemble`` models (:func:`~cnnlab.recipe.planner.share_members`): this step trains the
+    first, :mod:`cnnlab.recipe.steps.ensemble` the others.
 
     When the plan step skipped the search, the final model is the configuration it timed
     moments ago: its measurement is used again (a second one costs time and, on a noisy
@@ -134,14 +139,17 @@ def _plan(ctx: RecipeContext, cfg: RunConfig) -> Plan:
     else:
         epoch_seconds, fixed_seconds = measure_epoch_seconds(cfg, ctx.splits())  # best.yaml keeps the base data and subset
     plan = plan_budget(ctx.options.budget_seconds or 0.0, ctx.clock.spent(), epoch_seconds, search_done=True,
-                       fixed_seconds=fixed_seconds, max_epochs=SATURATION_EPOCHS)  # fmt: skip
+                       fixed_seconds=fixed_seconds, max_epochs=SATURATION_EPOCHS, max_members=ctx.options.ensemble)  # fmt: skip
     for reason in plan.reasons:
         ctx.say(f"plan: {reason}")
     return plan
 
 
 def _deadline(ctx: RecipeContext, cfg: RunConfig, plan: Plan | None) -> tuple[RunConfig, Deadline | None]:
-    """The final run's deadline (the budget's end), and its config with the warmup that allows one.
+    """The final run's deadline, and its config with the warmup that allows one.
+
+    The deadline is the budget's end, or with ``n`` planned members the end of the first
+    ``1/n`` of the time left (the others then train as long, one after the other).
 
     A plan made before training reads the pace from a few timed steps, which on a machine
     whose speed drifts misses by 10-15% either way (docs/benchmarks.md); the final run
@@ -157,8 +165,8 @@ def _deadline(ctx: RecipeContext, cfg: RunConfig, plan: Plan | None) -> tuple[Ru
     if schedule is None:
         return cfg, None
     cfg = dataclasses.replace(cfg, schedule=schedule)
-    left = ctx.options.budget_seconds - ctx.clock.spent()
-    return cfg, Deadline(time.time() + left, end_seconds=plan.fixed_seconds + REPORT_SECONDS, max_epochs=SATURATION_EPOCHS)
+    left = ctx.options.budget_seconds - ctx.clock.spent() - REPORT_SECONDS
+    return cfg, Deadline(time.time() + left / max(plan.members, 1), end_seconds=plan.fixed_seconds, max_epochs=SATURATION_EPOCHS)
 
 
 def _confusion(run: RunFolder, path: Path) -> tuple[Path | None, str | None]:

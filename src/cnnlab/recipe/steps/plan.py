@@ -40,7 +40,8 @@ class PlanStep(OnceStep):
         trial_images = min(ctx.options.search_subset or n_train, n_train)
         plan = plan_budget(ctx.options.budget_seconds or 0.0, ctx.clock.spent(), speed.epoch_seconds(n_train, n_val),
                            speed.epoch_seconds(trial_images, n_val), trial_epochs=ctx.options.coarse_epochs,
-                           fixed_seconds=speed.final_seconds(splits), max_epochs=SATURATION_EPOCHS)  # fmt: skip
+                           fixed_seconds=speed.final_seconds(splits), max_epochs=SATURATION_EPOCHS,
+                           max_members=ctx.options.ensemble)  # fmt: skip
         for reason in plan.reasons:
             ctx.say(f"plan: {reason}")
         return plan

@@ -1,0 +1,185 @@
+"""More final models and their average: the choice on saved predictions, and the steps in a recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.config import load_run_config, to_dict
+from cnnlab.recipe.planner import SATURATION_EPOCHS, plan_budget
+from cnnlab.recipe.recipe import RecipeOptions, RecipeState, rewrite_report, run_steps
+from cnnlab.recipe.step import RecipeContext
+from cnnlab.recipe.steps import RECIPE_STEPS
+from cnnlab.recipe.steps.ensemble import EnsembleStep, MemberStep, combine, recipe_test_acc
+from cnnlab.runfolder import RunFolder
+
+pytest.importorskip("optuna", reason="the recipe needs optuna (pip install 'cnnlab[recipe]')")
+
+CLASSES = 4
+
+
+def _run(path: Path, labels: np.ndarray, right: np.ndarray, test_labels: np.ndarray, test_right: np.ndarray,
+         *, margin: float = 2.0) -> RunFolder:  # fmt: skip
+    """A finished run folder whose saved logits put ``margin`` on the true class where ``right``, else on the next."""
+
+    def logits(y: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(y), CLASSES), np.float32)
+        out[np.arange(len(y)), np.where(ok, y, (y + 1) % CLASSES)] = margin
+        return out
+
+    folder = RunFolder(path)
+    folder.path.mkdir(parents=True)
+    folder.write_predictions("val", logits(labels, right), labels)
+    folder.write_predictions("test", logits(test_labels, test_right), test_labels)
+    folder.write_summary({"test_acc": float(test_right.mean())})
+    return folder
+
+
+def _three_members(tmp_path: Path) -> list[RunFolder]:
+    """Three runs, each wrong on a different third of the images: any two of them outvote the third."""
+    y = np.arange(30) % CLASSES
+    thirds = np.arange(30) // 10
+    return [_run(tmp_path / f"m{k}", y, thirds != k, y, thirds != k) for k in range(3)]
+
+
+def test_the_average_is_used_when_it_validates_above_every_member(tmp_path: Path) -> None:
+    result = combine(_three_members(tmp_path))
+    assert [m["val_acc"] for m in result.members] == pytest.approx([2 / 3] * 3)
+    assert result.used and result.val_acc == 1.0 and result.test_acc == 1.0
+    assert "used" in result.reason and "66.67%" in result.reason
+
+
+def test_the_average_is_not_used_when_it_does_not_validate_better(tmp_path: Path) -> None:
+    y = np.arange(20) % CLASSES
+    good = _run(tmp_path / "good", y, np.ones(20, bool), y, np.ones(20, bool), margin=5.0)
+    bad = _run(tmp_path / "bad", y, np.arange(20) < 10, y, np.zeros(20, bool), margin=1.0)
+    result = combine([good, bad])
+    assert not result.used and result.test_acc is None and result.val_acc == 1.0  # a tie with the best: not above
+    assert "not above the best model's 100.00%" in result.reason
+
+
+def test_members_that_saw_other_images_or_saved_no_validation_are_not_averaged(tmp_path: Path) -> None:
+    y = np.arange(12) % CLASSES
+    first = _run(tmp_path / "a", y, np.ones(12, bool), y, np.ones(12, bool))
+    other = _run(tmp_path / "b", np.roll(y, 1), np.ones(12, bool), y, np.ones(12, bool))
+    assert not (result := combine([first, other])).used and "other images" in result.reason
+    no_val = _run(tmp_path / "c", y, np.ones(12, bool), y, np.ones(12, bool))
+    no_val.predictions_path("val").unlink()
+    assert not (result := combine([first, no_val])).used and "saved no val predictions" in result.reason
+
+
+def test_members_and_ensemble_records_read_back_typed(tmp_path: Path) -> None:
+    result = combine(_three_members(tmp_path))
+    step = EnsembleStep()
+    assert step.from_dict(json.loads(json.dumps(step.to_dict(result)))) == result
+    assert "3 models averaged: test accuracy 100.00%" == step.evidence(result)
+
+
+# --------------------------------------------------------------------------- in a recipe
+
+DATA = "synthetic:classes=3,n=600,size=12,channels=1"
+
+
+def _cfg():  # noqa: ANN202
+    return load_run_config(None, {
+        "data": {"source": DATA}, "model": {"name": "simple", "options": {"spec": "c8-p-c16-p-fc16"}},
+        "train": {"epochs": 2, "batch_size": 64, "checkpoint_minutes": 0, "device": "cpu"},
+    })  # fmt: skip
+
+
+def _context(tmp_path: Path, budget: float, **options) -> RecipeContext:  # noqa: ANN003
+    base = _cfg()
+    opts = RecipeOptions(budget_seconds=budget, coarse_epochs=1, sampler="random", pruner="none", **options)
+    state = RecipeState(config=to_dict(base), options=dataclasses.asdict(opts))
+    ctx = RecipeContext(base, opts, tmp_path, state, RECIPE_STEPS, verbose=False)
+    for key in ("check", "overfit"):  # the gates ran; their results do not matter here
+        ctx.run(RECIPE_STEPS[key], key)
+    return ctx
+
+
+def test_a_budget_beyond_saturation_trains_members_from_other_seeds_and_averages_them(tmp_path: Path) -> None:
+    """Constructed speeds: 7 s epochs in 10 minutes fit 84 epochs, so three models of 28; each trains as final/ did."""
+    ctx = _context(tmp_path, 600.0)
+    plan = plan_budget(600.0, 10.0, 7.0, 1.0, max_epochs=SATURATION_EPOCHS, max_members=3)
+    assert plan.members == 3 and plan.skip_search
+    ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
+    run_steps(ctx, RECIPE_STEPS)
+    assert ctx.state.order == ["check", "overfit", "plan", "chosen", "final", "member-2", "member-3", "ensemble"]
+    first = load_run_config(tmp_path / "final" / "config.yaml")
+    for k in (2, 3):
+        member = load_run_config(tmp_path / f"final-{k}" / "config.yaml")
+        assert member == dataclasses.replace(first, train=dataclasses.replace(first.train, seed=first.train.seed + k - 1))
+        assert RunFolder(tmp_path / f"final-{k}").read_predictions("val") is not None
+    ensemble = ctx.records.get("ensemble")
+    assert [Path(m["run_dir"]).name for m in ensemble.members] == ["final", "final-2", "final-3"]
+    expected = ensemble.test_acc if ensemble.used else ctx.records.get("final").test_acc
+    assert recipe_test_acc(ctx.records) == expected is not None
+    html = rewrite_report(tmp_path).read_text()
+    assert "Ensemble of the final models" in html and "final-3" in html
+    assert ("the average of 3 final models" in html) == ensemble.used
+    _predicts_with_the_recipes_result(tmp_path, ensemble.used)
+
+
+def _predicts_with_the_recipes_result(recipe: Path, used: bool) -> None:
+    """`cnnlab predict RECIPE` uses what the recipe's test accuracy measured: one model, or the three averaged."""
+    from PIL import Image
+
+    from cnnlab.checkpoint import resolve_checkpoint
+    from cnnlab.errors import CnnlabError
+    from cnnlab.infer.ensemble import load_recipe_predictor
+    from cnnlab.infer.predict import load_predictor
+    from tests.hostile.hostile_cli import run_cli
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 1, 12, 12), dtype=np.uint8)
+    members = [load_predictor(recipe / name, device="cpu").predict_images(images) for name in ("final", "final-2", "final-3")]
+    for average in (used, not used):  # the recorded choice, then the other one written into recipe.json
+        state = json.loads((recipe / "recipe.json").read_text())
+        state["steps"]["ensemble"]["used"] = average
+        (recipe / "recipe.json").write_text(json.dumps(state))
+        got = load_recipe_predictor(recipe, device="cpu").predict_images(images)
+        assert np.allclose(got, np.mean(members, axis=0) if average else members[0], atol=1e-5)
+    Image.fromarray(images[0, 0]).save(recipe / "one.png")
+    code, out, err = run_cli("predict", recipe, recipe / "one.png", "--json", "--device", "cpu")
+    assert code == 0 and json.loads(out)["predictions"][0]["prob"] > 0, err
+    with pytest.raises(CnnlabError, match="is a recipe folder; its final model is"):  # eval and export name the models
+        resolve_checkpoint(recipe)
+
+
+def test_a_member_is_skipped_when_the_time_left_cannot_hold_another_run(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, 600.0)
+    plan = plan_budget(600.0, 10.0, 7.0, 1.0, max_epochs=SATURATION_EPOCHS, max_members=3)
+    ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
+    for key in ("chosen", "final"):
+        ctx.run(RECIPE_STEPS[key], key)
+    ctx.state.steps["final"]["seconds"] = 590.0  # as if the first final model had taken 590 s: no time for another
+    assert list(MemberStep().keys(ctx)) == ["member-2", "member-3"]
+    result = ctx.run(RECIPE_STEPS["member"], "member-2")
+    assert result.skipped and "took 590 s" in result.skipped and not (tmp_path / "final-2").exists()
+    assert list(EnsembleStep().keys(ctx)) == []  # nothing to average: the recipe's result is the final model's
+    assert recipe_test_acc(ctx.records) == ctx.records.get("final").test_acc
+
+
+def test_ensemble_1_keeps_one_model(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, 600.0, ensemble=1)
+    plan = plan_budget(600.0, 10.0, 12.0, 100.0, max_epochs=SATURATION_EPOCHS, max_members=1)  # 49 epochs fit, no search
+    ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
+    for key in ("chosen", "final"):
+        ctx.run(RECIPE_STEPS[key], key)
+    assert ctx.records.get("final").plan.members == 1 and list(MemberStep().keys(ctx)) == []
+
+
+def test_time_a_misread_pace_left_over_buys_members_beyond_the_plan(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, 600.0)
+    plan = plan_budget(600.0, 10.0, 12.0, 1.0, max_epochs=SATURATION_EPOCHS, max_members=3)  # 49 epochs fit: 2 models
+    ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
+    for key in ("chosen", "final"):
+        ctx.run(RECIPE_STEPS[key], key)
+    assert ctx.records.get("final").plan.members == 2
+    # the tiny model took seconds, not the 24 x 12 s planned: a third model fits (--ensemble 3 allows it)
+    assert list(MemberStep().keys(ctx)) == ["member-2", "member-3"]
+    ctx.state.steps["final"]["seconds"] = 595.0  # as if it had taken all the time: only the planned member (then skipped)
+    assert list(MemberStep().keys(ctx)) == ["member-2"]
