@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnnlab.config import load_run_config, to_dict
-from cnnlab.recipe.planner import SATURATION_EPOCHS, plan_budget
+from cnnlab.recipe.planner import MAX_MEMBERS, SATURATION_EPOCHS, plan_budget
 from cnnlab.recipe.recipe import RecipeOptions, RecipeState, rewrite_report, run_steps
 from cnnlab.recipe.step import RecipeContext
 from cnnlab.recipe.steps import RECIPE_STEPS
@@ -103,7 +103,7 @@ def _context(tmp_path: Path, budget: float, **options) -> RecipeContext:  # noqa
 
 def test_a_budget_beyond_saturation_trains_members_from_other_seeds_and_averages_them(tmp_path: Path) -> None:
     """Constructed speeds: 7 s epochs in 10 minutes fit 84 epochs, so three models of 28; each trains as final/ did."""
-    ctx = _context(tmp_path, 600.0)
+    ctx = _context(tmp_path, 600.0, ensemble=3)  # no more than the plan's (the tiny model leaves time for more)
     plan = plan_budget(600.0, 10.0, 7.0, 1.0, max_epochs=SATURATION_EPOCHS, max_members=3)
     assert plan.members == 3 and plan.skip_search
     ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
@@ -122,6 +122,19 @@ def test_a_budget_beyond_saturation_trains_members_from_other_seeds_and_averages
     assert "Ensemble of the final models" in html and "final-3" in html
     assert ("the average of 3 final models" in html) == ensemble.used
     _predicts_with_the_recipes_result(tmp_path, ensemble.used)
+    # killed after final-3 saved its last checkpoint, before its summary and the ensemble step were recorded:
+    # the next session resumes that run (not a new one) and averages again
+    for key in ("member-3", "ensemble"):
+        del ctx.state.steps[key]
+        ctx.state.order.remove(key)
+    ctx.state.finished = False
+    RunFolder(tmp_path / "final-3").summary_path.unlink()
+    config_before = (tmp_path / "final-3" / "config.yaml").read_text()
+    again = RecipeContext(ctx.cfg, ctx.options, tmp_path, ctx.state, RECIPE_STEPS, verbose=False)
+    run_steps(again, RECIPE_STEPS)
+    assert ctx.state.order[-2:] == ["member-3", "ensemble"] and ctx.state.finished
+    assert (tmp_path / "final-3" / "config.yaml").read_text() == config_before
+    assert again.records.get("member-3").test_acc == ensemble.members[2]["test_acc"]  # the same weights, tested again
 
 
 def _predicts_with_the_recipes_result(recipe: Path, used: bool) -> None:
@@ -179,7 +192,10 @@ def test_time_a_misread_pace_left_over_buys_members_beyond_the_plan(tmp_path: Pa
     for key in ("chosen", "final"):
         ctx.run(RECIPE_STEPS[key], key)
     assert ctx.records.get("final").plan.members == 2
-    # the tiny model took seconds, not the 24 x 12 s planned: a third model fits (--ensemble 3 allows it)
-    assert list(MemberStep().keys(ctx)) == ["member-2", "member-3"]
+    # the tiny model took seconds, not the 24 x 12 s planned: more models fit, up to twice MAX_MEMBERS by default
+    # (listed without training them: each would take time and end the list sooner)
+    assert list(MemberStep().keys(ctx)) == [f"member-{k}" for k in range(2, 2 * MAX_MEMBERS + 1)]
+    capped = RecipeContext(ctx.cfg, dataclasses.replace(ctx.options, ensemble=3), tmp_path, ctx.state, RECIPE_STEPS, verbose=False)
+    assert list(MemberStep().keys(capped)) == ["member-2", "member-3"]  # --ensemble 3: three models at most
     ctx.state.steps["final"]["seconds"] = 595.0  # as if it had taken all the time: only the planned member (then skipped)
     assert list(MemberStep().keys(ctx)) == ["member-2"]

@@ -65,9 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--refine-epochs", type=config_number(TrainConfig, "epochs"), default=4, metavar="N", help="epochs per refine trial")
     r.add_argument("--search-subset", type=number(integer=True, lo=0), default=10000, metavar="N", help="training images per search trial, stratified (0 = all)")
     r.add_argument("--final-epochs", type=config_number(TrainConfig, "epochs"), metavar="N", help="epochs of the final training (default: the whole epochs the budget left allows at the final model's measured speed, at most 30)")
-    r.add_argument("--ensemble", type=number(integer=True, lo=1, hi=100), default=MAX_MEMBERS, metavar="N",
+    r.add_argument("--ensemble", type=number(integer=True, lo=1, hi=100), metavar="N",
                    help="at most N final models from different seeds, averaged, when the budget holds more epochs than one "
-                        "model can use (1 = always one model)")
+                        f"model can use (1 = always one model; default: the plan shares the time among up to {MAX_MEMBERS}, "
+                        f"and more, up to {2 * MAX_MEMBERS}, if those end early and the time left holds one)")
     r.add_argument("--rounds", type=number(integer=True, lo=1, hi=100), default=3, metavar="N", help="refine/diagnose rounds at most")
     r.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     r.add_argument("--pruner", choices=("asha", "hyperband", "median", "none"), default="asha")

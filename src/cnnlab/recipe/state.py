@@ -33,7 +33,9 @@ class RecipeOptions:
             allows at the final model's measured speed, at most 30).
         max_rounds: refine/diagnose rounds at most.
         ensemble: final models at most, averaged when the budget holds more epochs than one
-            model can use (1: always a single model).
+            model can use (1: always a single model). None: the plan shares the time among up
+            to ``MAX_MEMBERS``, and when they are done early (a misread pace) more train while
+            the time left holds one, up to twice that.
         sampler, pruner, workers, storage: passed to the searches (see ``cnnlab search``);
             ``storage`` is written to recipe.json with its password masked, so a resume
             needs the URL again (``--storage`` or ``CNNLAB_STORAGE``).
@@ -49,7 +51,12 @@ class RecipeOptions:
     search_subset: int | None = 10000
     final_epochs: int | None = None
     max_rounds: int = 3
-    ensemble: int = MAX_MEMBERS
+    ensemble: int | None = None
+
+    @property
+    def planned_members(self) -> int:
+        """The most final models a plan shares the time among."""
+        return self.ensemble or MAX_MEMBERS
     sampler: str = "tpe"
     pruner: str = "asha"
     workers: int = 1

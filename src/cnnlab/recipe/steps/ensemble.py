@@ -7,8 +7,8 @@ time buys more models of the same configuration, each trained from another seed
 steps its deadline set included), so every member reproduces from ``best.yaml`` with
 ``--seed``. A planned member starts only when the time left still holds one more run as
 long as ``final/`` took; else it is skipped, said in the report. When the plan misread the
-pace and time is left after the planned members, more start (up to ``--ensemble``) while
-one more fits.
+pace and time is left after the planned members, more start while one more fits (up to
+``--ensemble`` when it was given, else up to twice the most a plan shares the time among).
 
 The ensemble averages the members' class probabilities (each member's own flip-TTA choice
 included: the predictions its run saved). Like flip TTA, it is used on the test only if it
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from cnnlab.recipe.html import esc, h2, plural
-from cnnlab.recipe.step import RecipeContext, ReportContext
+from cnnlab.recipe.planner import MAX_MEMBERS
+from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
 from cnnlab.recipe.steps.final import FOLDER, REPORT_SECONDS, FinalResult
 from cnnlab.run import TEST, VAL, resume_config, run_training
 from cnnlab.runfolder import RunFolder
@@ -55,33 +56,32 @@ class MemberResult:
     skipped: str | None = None  # why it was not trained (the time left); None: trained
 
 
-class MemberStep:
+class MemberStep(OnceStep):
     """Train final models 2..n of the plan, each from its own seed, as ``final/`` was trained."""
 
     name = MEMBER
     title = "More final models"
-    failure = ""
 
     def keys(self, ctx: RecipeContext) -> Iterator[str]:
-        """Members 2..n of the plan; then more, up to ``--ensemble``, while the time left holds one more.
+        """Members 2..n of the plan; then more while the time left holds one (up to ``--ensemble``, else twice ``MAX_MEMBERS``).
 
         A plan made from a few timed steps can misread the pace (the final model then stops at
         the saturation epochs before its share of the time is spent): the time it left over
-        buys another member when it holds a whole run as long as ``final/``. Read lazily,
-        after each member, so the time left is the real one.
+        buys another member when it holds a whole run as long as ``final/``, rather than
+        staying unused (the configuration is fixed by now: no search can use it). Read
+        lazily, after each member, so the time left is the real one.
         """
         final = ctx.records.get("final")
         planned = final.plan.members if isinstance(final, FinalResult) and final.plan is not None else 1
         if planned < 2:
             return
-        for k in range(2, max(planned, ctx.options.ensemble) + 1):
+        cap = ctx.options.ensemble or 2 * MAX_MEMBERS
+        k = 1
+        while (k := k + 1) <= max(planned, cap):
             key = f"{MEMBER}-{k}"
             if k > planned and key not in ctx.records and not _fits(ctx):
                 return
             yield key
-
-    def verdict(self, result: MemberResult) -> bool | None:
-        return None
 
     def run(self, ctx: RecipeContext, key: str) -> MemberResult:
         k = int(key.rsplit("-", 1)[1])
@@ -140,19 +140,15 @@ class EnsembleResult:
     reason: str
 
 
-class EnsembleStep:
+class EnsembleStep(OnceStep):
     """Average the final models' saved predictions; keep the average only if it validates better."""
 
     name = ENSEMBLE
     title = "Ensemble of the final models"
-    failure = ""
 
     def keys(self, ctx: RecipeContext) -> Iterator[str]:
         if any(not r.skipped for _, r in ctx.records.of(MEMBER)):
             yield self.name
-
-    def verdict(self, result: EnsembleResult) -> bool | None:
-        return None
 
     def run(self, ctx: RecipeContext, key: str) -> EnsembleResult:
         folders = [RunFolder(ctx.out / FOLDER)] + [RunFolder(r.run_dir) for _, r in ctx.records.of(MEMBER) if not r.skipped]

@@ -139,7 +139,7 @@ def _plan(ctx: RecipeContext, cfg: RunConfig) -> Plan:
     else:
         epoch_seconds, fixed_seconds = measure_epoch_seconds(cfg, ctx.splits())  # best.yaml keeps the base data and subset
     plan = plan_budget(ctx.options.budget_seconds or 0.0, ctx.clock.spent(), epoch_seconds, search_done=True,
-                       fixed_seconds=fixed_seconds, max_epochs=SATURATION_EPOCHS, max_members=ctx.options.ensemble)  # fmt: skip
+                       fixed_seconds=fixed_seconds, max_epochs=SATURATION_EPOCHS, max_members=ctx.options.planned_members)  # fmt: skip
     for reason in plan.reasons:
         ctx.say(f"plan: {reason}")
     return plan

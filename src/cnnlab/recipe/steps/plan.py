@@ -41,7 +41,7 @@ class PlanStep(OnceStep):
         plan = plan_budget(ctx.options.budget_seconds or 0.0, ctx.clock.spent(), speed.epoch_seconds(n_train, n_val),
                            speed.epoch_seconds(trial_images, n_val), trial_epochs=ctx.options.coarse_epochs,
                            fixed_seconds=speed.final_seconds(splits), max_epochs=SATURATION_EPOCHS,
-                           max_members=ctx.options.ensemble)  # fmt: skip
+                           max_members=ctx.options.planned_members)  # fmt: skip
         for reason in plan.reasons:
             ctx.say(f"plan: {reason}")
         return plan
