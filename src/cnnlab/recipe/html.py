@@ -39,8 +39,8 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 
 def params(values: dict[str, Any]) -> str:
-    """``optim.lr=0.05, model.dropout=0.1``."""
-    return ", ".join(f"{k}={num(v)}" for k, v in values.items())
+    """``optim.lr=0.05, model.dropout=0.1`` (a value left unset: ``model.dropout=default``)."""
+    return ", ".join(f"{k}={'default' if v is None else num(v)}" for k, v in values.items())
 
 
 def verdict(passed: bool | None) -> str:
