@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab.infer.calibration import softmax
 from cnnlab.recipe.html import esc, h2, plural
 from cnnlab.recipe.planner import MAX_MEMBERS
-from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
+from cnnlab.recipe.step import OnceStep, RecipeContext, Records, ReportContext
 from cnnlab.recipe.steps.final import FOLDER, REPORT_SECONDS, FinalResult
 from cnnlab.run import TEST, VAL, resume_config, run_training
 from cnnlab.runfolder import RunFolder
@@ -76,8 +77,7 @@ class MemberStep(OnceStep):
         if planned < 2:
             return
         cap = ctx.options.ensemble or 2 * MAX_MEMBERS
-        k = 1
-        while (k := k + 1) <= max(planned, cap):
+        for k in range(2, max(planned, cap) + 1):
             key = f"{MEMBER}-{k}"
             if k > planned and key not in ctx.records and not _fits(ctx):
                 return
@@ -188,36 +188,32 @@ def combine(folders: Sequence[RunFolder]) -> EnsembleResult:
     through a softmax). The average is used when its validation accuracy is strictly above
     every member's, on the same validation images; its test accuracy is then computed, once.
     """
-    members: list[dict[str, Any]] = []
-    val_probs, test_probs, val_labels, test_labels = [], [], None, None
-    for folder in folders:
-        summary = folder.read_summary() or {}
-        val, test = folder.read_predictions(VAL), folder.read_predictions(TEST)
-        members.append({"run_dir": str(folder.path), "val_acc": _acc(val), "test_acc": summary.get("test_acc")})
-        missing = [name for name, saved in ((VAL, val), (TEST, test)) if saved is None]
+    saved = [(folder.read_predictions(VAL), folder.read_predictions(TEST)) for folder in folders]
+    members = [{"run_dir": str(folder.path), "val_acc": _acc(val), "test_acc": (folder.read_summary() or {}).get("test_acc")}
+               for folder, (val, _) in zip(folders, saved)]  # fmt: skip
+    for folder, (val, test) in zip(folders, saved):
+        missing = [name for name, split in ((VAL, val), (TEST, test)) if split is None]
         if missing:
             return EnsembleResult(members, None, None, False, f"not used: {folder.path} saved no {' or '.join(missing)} "
                                   "predictions (a run without a validation split, or with train.tta other than auto)")  # fmt: skip
-        assert val is not None and test is not None
-        if val_labels is not None and not (np.array_equal(val[1], val_labels) and np.array_equal(test[1], test_labels)):
+    vals = [val for val, _ in saved if val is not None]
+    tests = [test for _, test in saved if test is not None]
+    for folder, val, test in zip(folders[1:], vals[1:], tests[1:]):
+        if not (np.array_equal(val[1], vals[0][1]) and np.array_equal(test[1], tests[0][1])):
             return EnsembleResult(members, None, None, False, f"not used: {folder.path} was validated or tested on other "
                                   "images than the first model (a --val-subset is drawn by each seed)")  # fmt: skip
-        val_labels, test_labels = val[1], test[1]
-        val_probs.append(_softmax(val[0]))
-        test_probs.append(_softmax(test[0]))
-    assert val_labels is not None and test_labels is not None
-    val_acc = float((np.mean(val_probs, axis=0).argmax(1) == val_labels).mean())
+    val_acc = _average_acc(vals)
     best = max(m["val_acc"] for m in members)
     if not val_acc > best:
         return EnsembleResult(members, val_acc, None, False,
                               f"not used: the average validated at {val_acc:.2%}, not above the best model's {best:.2%}")  # fmt: skip
-    test_acc = float((np.mean(test_probs, axis=0).argmax(1) == test_labels).mean())
+    test_acc = _average_acc(tests)
     return EnsembleResult(members, val_acc, test_acc, True,
                           f"used: the average of {len(folders)} models validated at {val_acc:.2%}, above the best "
                           f"model's {best:.2%}; test accuracy {test_acc:.2%}")  # fmt: skip
 
 
-def recipe_test_acc(records: Any) -> float | None:
+def recipe_test_acc(records: Records) -> float | None:
     """The recipe's test accuracy: the ensemble's when it was used, else the final model's."""
     ensemble = records.get(ENSEMBLE)
     if isinstance(ensemble, EnsembleResult) and ensemble.used:
@@ -226,10 +222,10 @@ def recipe_test_acc(records: Any) -> float | None:
     return final.test_acc if final is not None else None
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def _average_acc(saved: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The accuracy of the averaged class probabilities of several runs' saved ``(logits, labels)``."""
+    probs = np.mean([softmax(logits) for logits, _ in saved], axis=0)
+    return float((probs.argmax(1) == saved[0][1]).mean())
 
 
 def _acc(saved: tuple[np.ndarray, np.ndarray] | None) -> float | None:
