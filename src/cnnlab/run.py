@@ -468,6 +468,7 @@ def finish_run(
         "params": int(sum(p.numel() for p in model.parameters())),
         # best_epoch counts from 1, as every printout does (metrics.jsonl's "epoch" counts from 0).
         "epochs_run": len(records), "best_epoch": summary_epoch(history.best_epoch), "best_val_acc": history.best_val_acc,
+        "max_val_acc": history.max_val_acc,  # the kept epoch is the latest within noise of this (History)
         "test_acc": test.acc if test else None, "test_loss": test.loss if test else None,
         "test_top5": test.top5 if test else None, "tta": tta, "test_seconds": test_seconds,
         "stopped": history.stopped, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,

@@ -15,6 +15,7 @@ from cnnlab.recipe.recipe import RecipeOptions, RecipeState, rewrite_report, run
 from cnnlab.recipe.step import RecipeContext
 from cnnlab.recipe.steps import RECIPE_STEPS
 from cnnlab.recipe.steps.ensemble import EnsembleStep, MemberStep, combine, recipe_test_acc
+from cnnlab.recipe.steps.final import SharedDeadline
 from cnnlab.runfolder import RunFolder
 
 pytest.importorskip("optuna", reason="the recipe needs optuna (pip install 'cnnlab[recipe]')")
@@ -163,7 +164,7 @@ def _predicts_with_the_recipes_result(recipe: Path, used: bool) -> None:
 
 
 def test_a_member_is_skipped_when_the_time_left_cannot_hold_another_run(tmp_path: Path) -> None:
-    ctx = _context(tmp_path, 600.0)
+    ctx = _context(tmp_path, 600.0, ensemble=3)  # three at most (the tiny model's pace would share the time among 6)
     plan = plan_budget(600.0, 10.0, 7.0, 1.0, max_epochs=SATURATION_EPOCHS, max_members=3)
     ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
     for key in ("chosen", "final"):
@@ -191,11 +192,44 @@ def test_time_a_misread_pace_left_over_buys_members_beyond_the_plan(tmp_path: Pa
     ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
     for key in ("chosen", "final"):
         ctx.run(RECIPE_STEPS[key], key)
-    assert ctx.records.get("final").plan.members == 2
+    final = ctx.records.get("final")
+    # the plan's 2 came from the constructed 12 s epochs; the final run's own warmup epochs, a fraction of a second
+    # each, re-decided it: the most models a recipe trains once its configuration is fixed (no --ensemble: 2 x 3)
+    assert final.plan.members == 2 * MAX_MEMBERS and "re-planned from the warmup epochs of the final model" in final.plan.reasons[-1]
     # the tiny model took seconds, not the 24 x 12 s planned: more models fit, up to twice MAX_MEMBERS by default
     # (listed without training them: each would take time and end the list sooner)
     assert list(MemberStep().keys(ctx)) == [f"member-{k}" for k in range(2, 2 * MAX_MEMBERS + 1)]
     capped = RecipeContext(ctx.cfg, dataclasses.replace(ctx.options, ensemble=3), tmp_path, ctx.state, RECIPE_STEPS, verbose=False)
     assert list(MemberStep().keys(capped)) == ["member-2", "member-3"]  # --ensemble 3: three models at most
-    ctx.state.steps["final"]["seconds"] = 595.0  # as if it had taken all the time: only the planned member (then skipped)
-    assert list(MemberStep().keys(ctx)) == ["member-2"]
+    # as if final/ had taken all the time and its plan said 2 models: only the planned member (then skipped)
+    ctx.state.steps["final"]["seconds"] = 595.0
+    ctx.state.steps["final"]["plan"]["members"] = 2
+    fresh = RecipeContext(ctx.cfg, ctx.options, tmp_path, ctx.state, RECIPE_STEPS, verbose=False)
+    assert list(MemberStep().keys(fresh)) == ["member-2"]
+
+
+def test_the_first_final_models_deadline_shares_the_time_by_its_own_pace() -> None:
+    """1,000 s shared, 10 s fixed: 10 s epochs fit 99 epochs, so 3 models of 30; 20 s epochs fit 49, so 2 of 24."""
+    deadline = SharedDeadline(at=500.0, end_seconds=10.0, max_epochs=30, start=0.0, window=1000.0, max_members=3)
+    # after one epoch of 100 steps at 10 s: a third of the window, capped at the saturation epochs
+    assert deadline.total_steps(10.0, 100, 100, 10.0, 1.0) == 30 * 100 and deadline.shares == [3]
+    # at 20 s an epoch: half the window each, (500 - 20 - 10) s x 0.97 = 455.9 s: 22 whole epochs, 78 steps more
+    assert deadline.total_steps(20.0, 100, 100, 20.0, 1.0) == 23 * 100 + 78 and deadline.shares == [3, 2]
+    # one model at most (--ensemble 1 would use a plain Deadline; the same arithmetic): all the window, capped
+    one = SharedDeadline(at=1000.0, end_seconds=10.0, max_epochs=30, start=0.0, window=1000.0, max_members=1)
+    assert one.total_steps(20.0, 100, 100, 20.0, 1.0) == 3000 and one.shares == [1]
+
+
+def test_a_resumed_final_model_still_leads_to_the_planned_members(tmp_path: Path) -> None:
+    """Killed during final/: the next session resumes it, and the plan made before the search still asks for 3 models."""
+    ctx = _context(tmp_path, 600.0, ensemble=3)
+    plan = plan_budget(600.0, 10.0, 7.0, 1.0, max_epochs=SATURATION_EPOCHS, max_members=3)
+    ctx.records.add("plan", RECIPE_STEPS["plan"], plan, 0.0)
+    for key in ("chosen", "final"):
+        ctx.run(RECIPE_STEPS[key], key)
+    del ctx.state.steps["final"]  # killed after its last checkpoint, before the step was recorded
+    ctx.state.order.remove("final")
+    RunFolder(tmp_path / "final").summary_path.unlink()
+    resumed = ctx.run(RECIPE_STEPS["final"], "final")
+    assert resumed.plan is not None and resumed.plan.members == 3 and "resumed" in resumed.plan.reasons[-1]
+    assert list(MemberStep().keys(ctx))[:1] == ["member-2"]

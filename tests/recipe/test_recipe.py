@@ -297,7 +297,8 @@ def test_a_plan_that_skips_the_search_trains_the_starting_configuration(tmp_path
     from cnnlab.recipe.step import RecipeContext
 
     base = _cfg()
-    options = RecipeOptions(budget_seconds=600.0, coarse_epochs=1, sampler="random", pruner="none")
+    # one final model: the tiny model's real pace would otherwise share the time among several (test_ensemble.py)
+    options = RecipeOptions(budget_seconds=600.0, coarse_epochs=1, sampler="random", pruner="none", ensemble=1)
     state = RecipeState(config=to_dict(base), options=dataclasses.asdict(options))
     ctx = RecipeContext(base, options, tmp_path, state, RECIPE_STEPS, verbose=False)
     for key in ("check", "overfit"):  # the gates ran; their results do not matter here

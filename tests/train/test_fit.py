@@ -16,6 +16,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.run import build_model, load_data, run_training
 from cnnlab.runfolder import RunFolder
+from cnnlab.train.fit import History, accuracy_se
 
 DATA = "synthetic:classes=3,n=600,size=12,channels=1"
 
@@ -48,7 +49,9 @@ def test_run_folder_contents(finished_run) -> None:
     best = load_checkpoint(run / "best.pt")
     # summary.json counts epochs from 1, as the printout does; checkpoints and metrics.jsonl from 0
     assert best["epoch"] + 1 == summary["best_epoch"] and best["data"]["classes"] == ["class0", "class1", "class2"]
-    assert max(records, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"] + 1 == summary["best_epoch"]
+    top = max(r["val_acc"] for r in records)  # the kept epoch: the latest within one standard error of the top
+    se = accuracy_se(top, records[0]["val_images"])
+    assert max(r["epoch"] for r in records if r["val_acc"] >= top - se) + 1 == summary["best_epoch"]
     assert len(best["data"]["mean"]) == 1 and best["model_args"]["name"] == "simple"
 
 
@@ -171,3 +174,38 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model 'resnet21'" in err[0]
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2  # refused before any work (UsageError)
+
+
+def _epoch(epoch: int, acc: float | None, n: int = 10_000) -> dict:
+    return {"epoch": epoch, "time": 1.0, "val_acc": acc, "val_loss": None if acc is None else 1 - acc, "val_images": n}
+
+
+def _kept(accs: list[float | None], n: int = 10_000) -> History:
+    history = History()
+    for epoch, acc in enumerate(accs):
+        history.add(_epoch(epoch, acc, n))
+    return history
+
+
+def test_a_later_epoch_within_the_noise_of_the_best_is_kept() -> None:
+    """On 10,000 images one standard error at 95% is 0.22 points: 94.85% after a lucky 95.0% is kept, 94.7% is not."""
+    assert accuracy_se(0.95, 10_000) == pytest.approx(0.00218, abs=1e-5)
+    history = _kept([0.90, 0.95, 0.93, 0.9485])
+    assert (history.best_epoch, history.best_val_acc, history.max_val_acc) == (3, 0.9485, 0.95)
+    history = _kept([0.90, 0.95, 0.93, 0.947])
+    assert (history.best_epoch, history.best_val_acc) == (1, 0.95)
+    # The same gap on 500 images is noise (one standard error is ~1 point): the later epoch is kept.
+    assert _kept([0.90, 0.95, 0.93, 0.947], n=500).best_epoch == 3
+
+
+def test_an_overfitting_run_keeps_its_best_and_ties_go_to_the_later_epoch() -> None:
+    history = _kept([0.80, 0.90, 0.88, 0.86, 0.85])
+    assert (history.best_epoch, history.best_val_acc) == (1, 0.90)
+    assert _kept([0.80, 0.90, 0.90]).best_epoch == 2
+    # A slow slide never takes the kept epoch further than one standard error below the top.
+    history = _kept([0.95, 0.9485, 0.9470, 0.9460])
+    assert history.best_epoch == 1 and history.best_val_acc >= 0.95 - accuracy_se(0.95, 10_000)
+
+
+def test_without_validation_the_last_epoch_is_kept() -> None:
+    assert _kept([None, None, None]).best_epoch == 2

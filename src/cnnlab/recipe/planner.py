@@ -58,6 +58,16 @@ MIN_TRIALS = 4
 MAX_MEMBERS = 3
 
 
+def most_members(ensemble: int | None) -> int:
+    """The most final models a recipe trains once its configuration is fixed: ``--ensemble N``, else ``2 x MAX_MEMBERS``.
+
+    ``MAX_MEMBERS`` bounds the *plan*, so that time beyond it is left to a search; after the
+    search the configuration is fixed and nothing else can use the time, so a pace faster
+    than the plan read buys more models, up to this many (each gains less than the last).
+    """
+    return ensemble or 2 * MAX_MEMBERS
+
+
 @dataclass(frozen=True)
 class Plan:
     """How the time left is split, and why.

@@ -60,13 +60,34 @@ ESTIMATE_AFTER_SECONDS = 2.0
 EVAL_COST = 1 / 3
 
 
+#: An earlier epoch replaces a later one as the kept checkpoint only when its validation accuracy is higher by more
+#: than this many standard errors of the best accuracy on the validation images (``sqrt(p (1 - p) / n)``).
+KEEP_LATER_WITHIN_SE = 1.0
+
+
+def accuracy_se(acc: float, n: int) -> float:
+    """The standard error of an accuracy ``acc`` measured on ``n`` images (binomial)."""
+    return math.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1))
+
+
 @dataclass
 class History:
-    """What a training run did, epoch by epoch."""
+    """What a training run did, epoch by epoch.
+
+    ``best_epoch`` is the epoch whose weights ``best.pt`` keeps: **the latest epoch whose validation accuracy is
+    within one standard error of the highest so far** (the last epoch when there is no validation split). Taking
+    the plain maximum over epochs keeps a lucky early checkpoint: with a few thousand validation images the
+    accuracy of one epoch is noisy by ~0.3 points, so the maximum over 30 epochs is often an epoch the noise
+    favoured while the learning rate was still high, and it tests worse than the annealed last epochs (measured:
+    docs/training.md, "Which epoch is kept"). Within the noise, later wins; a run that overfits, whose last
+    epochs fall clearly below its best, still keeps the best. ``best_val_acc`` is the kept epoch's accuracy,
+    ``max_val_acc`` the highest any epoch reached.
+    """
 
     records: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None  # by validation accuracy (the last epoch when there is no validation split)
+    best_epoch: int | None = None
     best_val_acc: float | None = None
+    max_val_acc: float | None = None
     best_val_loss: float | None = None
     stopped: str | None = None  # why training ended before the last epoch: early-stopping, callback, interrupted
     train_seconds: float = 0.0
@@ -75,22 +96,26 @@ class History:
         return dict(self.__dict__)
 
     def add(self, record: dict[str, Any]) -> None:
-        """Append an epoch record and update the bests (accuracy picks ``best_epoch``; ties: lower loss)."""
+        """Append an epoch record and update the kept epoch (see the class) and the bests."""
         self.records.append(record)
         self.train_seconds += record["time"]
-        if record["val_acc"] is None:
+        acc = record["val_acc"]
+        if acc is None:
             self.best_epoch = record["epoch"]
-        elif self.best_val_acc is None or (record["val_acc"], -record["val_loss"]) > (self.best_val_acc, -self._best_epoch_loss()):
-            self.best_epoch, self.best_val_acc = record["epoch"], record["val_acc"]
+        else:
+            if self.max_val_acc is None:  # a run resumed from a checkpoint of an earlier version lacks it
+                self.max_val_acc = self.best_val_acc
+            self.max_val_acc = acc if self.max_val_acc is None else max(self.max_val_acc, acc)
+            n = int(record.get("val_images") or 0)
+            margin = KEEP_LATER_WITHIN_SE * accuracy_se(self.max_val_acc, n) if n else 0.0
+            if self.best_val_acc is None or acc >= self.max_val_acc - margin or acc > self.best_val_acc:
+                self.best_epoch, self.best_val_acc = record["epoch"], acc
         if record["val_loss"] is not None and (self.best_val_loss is None or record["val_loss"] < self.best_val_loss):
             self.best_val_loss = record["val_loss"]
 
     def is_best(self, record: dict[str, Any]) -> bool:
-        """Whether ``record`` is the best epoch so far."""
+        """Whether ``record``'s epoch is the one to keep, as things stand after it."""
         return self.best_epoch == record["epoch"]
-
-    def _best_epoch_loss(self) -> float:
-        return next(r["val_loss"] for r in self.records if r["epoch"] == self.best_epoch)
 
 
 def validation_indices(splits: Splits, tc: TrainConfig) -> np.ndarray | None:

@@ -8,7 +8,7 @@ steps its deadline set included), so every member reproduces from ``best.yaml`` 
 ``--seed``. A planned member starts only when the time left still holds one more run as
 long as ``final/`` took; else it is skipped, said in the report. When the plan misread the
 pace and time is left after the planned members, more start while one more fits (up to
-``--ensemble`` when it was given, else up to twice the most a plan shares the time among).
+``--ensemble`` when it was given, else :func:`~cnnlab.recipe.planner.most_members`).
 
 The ensemble averages the members' class probabilities (each member's own flip-TTA choice
 included: the predictions its run saved). Like flip TTA, it is used on the test only if it
@@ -28,7 +28,7 @@ import numpy as np
 
 from cnnlab.infer.calibration import softmax
 from cnnlab.recipe.html import esc, h2, plural
-from cnnlab.recipe.planner import MAX_MEMBERS
+from cnnlab.recipe.planner import most_members
 from cnnlab.recipe.step import OnceStep, RecipeContext, Records, ReportContext
 from cnnlab.recipe.steps.final import FOLDER, REPORT_SECONDS, FinalResult
 from cnnlab.run import TEST, VAL, resume_config, run_training
@@ -64,7 +64,7 @@ class MemberStep(OnceStep):
     title = "More final models"
 
     def keys(self, ctx: RecipeContext) -> Iterator[str]:
-        """Members 2..n of the plan; then more while the time left holds one (up to ``--ensemble``, else twice ``MAX_MEMBERS``).
+        """Members 2..n of the plan; then more while the time left holds one (up to ``--ensemble``, else ``most_members``).
 
         A plan made from a few timed steps can misread the pace (the final model then stops at
         the saturation epochs before its share of the time is spent): the time it left over
@@ -76,8 +76,8 @@ class MemberStep(OnceStep):
         planned = final.plan.members if isinstance(final, FinalResult) and final.plan is not None else 1
         if planned < 2:
             return
-        cap = ctx.options.ensemble or 2 * MAX_MEMBERS
-        for k in range(2, max(planned, cap) + 1):
+        cap = ctx.options.ensemble or max(planned, most_members(None))
+        for k in range(2, cap + 1):
             key = f"{MEMBER}-{k}"
             if k > planned and key not in ctx.records and not _fits(ctx):
                 return

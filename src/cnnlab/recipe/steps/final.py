@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from cnnlab.config import RunConfig, dump_yaml, load_run_config
 from cnnlab.io import atomic_write_text
 from cnnlab.recipe.diagnose import Diagnosis, diagnose_run
 from cnnlab.recipe.html import esc, h2, img, plural
-from cnnlab.recipe.planner import SATURATION_EPOCHS, Plan, plan_budget
+from cnnlab.recipe.planner import SATURATION_EPOCHS, Plan, most_members, plan_budget, share_members
 from cnnlab.recipe.step import OnceStep, RecipeContext, ReportContext
 from cnnlab.recipe.steps.chosen import BEST_YAML
 from cnnlab.recipe.steps.diagnose import diagnosis_block
@@ -58,7 +58,13 @@ class FinalStep(OnceStep):
             epochs = resume_config(run.path).train.epochs
             ctx.say(f"final: resuming {plural(epochs, 'epoch')} on the whole training split -> {run.path}")
             summary = run_training(resume=run.path, verbose=ctx.verbose)
-            return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path))
+            # the plan made before the search says how many models were to share the time (the final step's own
+            # plan was not recorded: the step had not finished): without it a resumed recipe would train only one
+            before = ctx.records.get(PLAN)
+            plan = None if before is None else dataclasses.replace(
+                before, reasons=(*before.reasons, "the final run was resumed: this is the plan made before the search"))
+            epochs = int(summary.get("epochs_run") or epochs)
+            return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path), plan)
         cfg = load_run_config(ctx.out / BEST_YAML)
         plan = None if ctx.options.final_epochs or ctx.options.budget_seconds is None else _plan(ctx, cfg)
         epochs = ctx.options.final_epochs or (plan.final_epochs if plan else ctx.cfg.train.epochs)
@@ -77,6 +83,12 @@ class FinalStep(OnceStep):
         summary = run_training(cfg, run.path, verbose=ctx.verbose, deadline=deadline)
         if deadline is not None:  # the steps the deadline set are in the run's config.yaml: best.yaml gets them too
             atomic_write_text(ctx.out / BEST_YAML, dump_yaml(run.read_config()))
+        if plan is not None and isinstance(deadline, SharedDeadline) and deadline.shares and deadline.shares[-1] != plan.members:
+            n = deadline.shares[-1]
+            why = (f"re-planned from the warmup epochs of the final model: {n} models share the time, not {plan.members} "
+                   f"(the plan's pace came from a few timed steps)")  # fmt: skip
+            ctx.say(f"plan: {why}")
+            plan = dataclasses.replace(plan, members=n, reasons=(*plan.reasons, why))
         epochs = int(summary.get("epochs_run") or epochs)
         return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path), plan)
 
@@ -166,7 +178,50 @@ def _deadline(ctx: RecipeContext, cfg: RunConfig, plan: Plan | None) -> tuple[Ru
         return cfg, None
     cfg = dataclasses.replace(cfg, schedule=schedule)
     left = ctx.options.budget_seconds - ctx.clock.spent() - REPORT_SECONDS
-    return cfg, Deadline(time.time() + left / max(plan.members, 1), end_seconds=plan.fixed_seconds, max_epochs=SATURATION_EPOCHS)
+    now = time.time()
+    if ctx.options.planned_members > 1:  # how many models share the time is re-decided from this run's own pace
+        return cfg, SharedDeadline(now + left / max(plan.members, 1), end_seconds=plan.fixed_seconds,
+                                   max_epochs=SATURATION_EPOCHS, start=now, window=left,
+                                   max_members=most_members(ctx.options.ensemble))  # fmt: skip
+    return cfg, Deadline(now + left / max(plan.members, 1), end_seconds=plan.fixed_seconds, max_epochs=SATURATION_EPOCHS)
+
+
+@dataclass(frozen=True)
+class SharedDeadline(Deadline):
+    """The first final model's deadline when the time left may be shared by several: how many, from its own pace.
+
+    The plan decides the number of models from a few timed steps, which misread the pace of
+    the epochs that follow by up to 60% on a shared machine (docs/benchmarks.md: 34.7 s read
+    where epochs took 24.5 s, so a 30-minute recipe planned 2 models of 30 epochs where 3 of
+    24 fitted, and 5 minutes went unused). The run's warmup epochs are a far better clock:
+    after each, the number of models is decided again from their median pace
+    (:func:`~cnnlab.recipe.planner.share_members` over the same ``window``), and the run ends
+    at ``start + window / n``; the other models then train as long (:mod:`.ensemble`).
+
+    The plan allows at most 3 models (``MAX_MEMBERS``) so that time beyond them is left to a
+    search; by now the search is over and its configuration fixed, so up to
+    :func:`~cnnlab.recipe.planner.most_members` share the time (``--ensemble N`` when given):
+    a pace faster than the plan read gives more models, not an idle end (a 60-minute recipe
+    left 7 minutes unused: 3 models of 30 epochs at 21 s where the plan had read 25 s).
+
+    Attributes:
+        start: when the run started (``time.time()``).
+        window: the seconds from ``start`` that all the final models share.
+        max_members: the most models (``--ensemble``, else :func:`~cnnlab.recipe.planner.most_members`).
+        shares: the number of models decided after each warmup epoch, the last one holding.
+    """
+
+    start: float = 0.0
+    window: float = 0.0
+    max_members: int = 1
+    shares: list[int] = field(default_factory=list, compare=False)
+
+    def total_steps(self, now: float, steps_done: int, steps_per_epoch: int, epoch_seconds: float, val_seconds: float) -> int:
+        cap = self.max_epochs if self.max_epochs is not None else SATURATION_EPOCHS
+        n, _ = share_members(self.window, epoch_seconds, self.end_seconds, cap, self.max_members)
+        self.shares.append(n)
+        share = Deadline(self.start + self.window / n, self.end_seconds, self.max_epochs, self.margin)
+        return share.total_steps(now, steps_done, steps_per_epoch, epoch_seconds, val_seconds)
 
 
 def _confusion(run: RunFolder, path: Path) -> tuple[Path | None, str | None]:
