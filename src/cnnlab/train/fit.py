@@ -103,12 +103,12 @@ class History:
         if acc is None:
             self.best_epoch = record["epoch"]
         else:
-            if self.max_val_acc is None:  # a run resumed from a checkpoint of an earlier version lacks it
-                self.max_val_acc = self.best_val_acc
-            self.max_val_acc = acc if self.max_val_acc is None else max(self.max_val_acc, acc)
+            # a checkpoint written before max_val_acc existed holds only the best (then also the highest)
+            top = self.max_val_acc if self.max_val_acc is not None else self.best_val_acc
+            self.max_val_acc = acc if top is None else max(top, acc)
             n = int(record.get("val_images") or 0)
             margin = KEEP_LATER_WITHIN_SE * accuracy_se(self.max_val_acc, n) if n else 0.0
-            if self.best_val_acc is None or acc >= self.max_val_acc - margin or acc > self.best_val_acc:
+            if acc >= self.max_val_acc - margin:  # the first epoch, a new highest, or a later one within the noise
                 self.best_epoch, self.best_val_acc = record["epoch"], acc
         if record["val_loss"] is not None and (self.best_val_loss is None or record["val_loss"] < self.best_val_loss):
             self.best_val_loss = record["val_loss"]

@@ -76,8 +76,7 @@ class MemberStep(OnceStep):
         planned = final.plan.members if isinstance(final, FinalResult) and final.plan is not None else 1
         if planned < 2:
             return
-        cap = ctx.options.ensemble or max(planned, most_members(None))
-        for k in range(2, cap + 1):
+        for k in range(2, most_members(ctx.options.ensemble) + 1):
             key = f"{MEMBER}-{k}"
             if k > planned and key not in ctx.records and not _fits(ctx):
                 return

@@ -63,8 +63,7 @@ class FinalStep(OnceStep):
             before = ctx.records.get(PLAN)
             plan = None if before is None else dataclasses.replace(
                 before, reasons=(*before.reasons, "the final run was resumed: this is the plan made before the search"))
-            epochs = int(summary.get("epochs_run") or epochs)
-            return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path), plan)
+            return _result(run, summary, epochs, plan)
         cfg = load_run_config(ctx.out / BEST_YAML)
         plan = None if ctx.options.final_epochs or ctx.options.budget_seconds is None else _plan(ctx, cfg)
         epochs = ctx.options.final_epochs or (plan.final_epochs if plan else ctx.cfg.train.epochs)
@@ -89,8 +88,7 @@ class FinalStep(OnceStep):
                    f"(the plan's pace came from a few timed steps)")  # fmt: skip
             ctx.say(f"plan: {why}")
             plan = dataclasses.replace(plan, members=n, reasons=(*plan.reasons, why))
-        epochs = int(summary.get("epochs_run") or epochs)
-        return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path), plan)
+        return _result(run, summary, epochs, plan)
 
     def to_dict(self, result: FinalResult) -> dict[str, Any]:
         return {"test_acc": result.test_acc, "best_val_acc": result.best_val_acc, "epochs": result.epochs,
@@ -131,6 +129,12 @@ class FinalStep(OnceStep):
         if missing:
             parts.append(f"<p class='muted'>{esc(missing)}</p>")
         return "".join(parts)
+
+
+def _result(run: RunFolder, summary: dict[str, Any], epochs: int, plan: Plan | None) -> FinalResult:
+    """The finished final run's result: the epochs it trained (its summary's, else ``epochs``)."""
+    epochs = int(summary.get("epochs_run") or epochs)
+    return FinalResult(summary["test_acc"], summary["best_val_acc"], epochs, summary, diagnose_run(run.path), plan)
 
 
 def _plan(ctx: RecipeContext, cfg: RunConfig) -> Plan:
@@ -179,11 +183,11 @@ def _deadline(ctx: RecipeContext, cfg: RunConfig, plan: Plan | None) -> tuple[Ru
     cfg = dataclasses.replace(cfg, schedule=schedule)
     left = ctx.options.budget_seconds - ctx.clock.spent() - REPORT_SECONDS
     now = time.time()
+    deadline = Deadline(now + left / max(plan.members, 1), end_seconds=plan.fixed_seconds, max_epochs=SATURATION_EPOCHS)
     if ctx.options.planned_members > 1:  # how many models share the time is re-decided from this run's own pace
-        return cfg, SharedDeadline(now + left / max(plan.members, 1), end_seconds=plan.fixed_seconds,
-                                   max_epochs=SATURATION_EPOCHS, start=now, window=left,
-                                   max_members=most_members(ctx.options.ensemble))  # fmt: skip
-    return cfg, Deadline(now + left / max(plan.members, 1), end_seconds=plan.fixed_seconds, max_epochs=SATURATION_EPOCHS)
+        deadline = SharedDeadline(**dataclasses.asdict(deadline), start=now, window=left,
+                                  max_members=most_members(ctx.options.ensemble))  # fmt: skip
+    return cfg, deadline
 
 
 @dataclass(frozen=True)
