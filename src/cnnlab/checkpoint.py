@@ -49,7 +49,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 return path / name
         if (path / "recipe.json").is_file():  # a recipe's models are in its run folders
             raise CnnlabError(f"{path} is a recipe folder; its final model is {path / 'final'} (more final models: "
-                              f"final-2, final-3; `cnnlab predict {path} FILES` uses the recipe's result)")  # fmt: skip
+                              f"final-2, final-3; `cnnlab predict {path} FILES` and `cnnlab eval {path}` use the recipe's result)")  # fmt: skip
         raise CnnlabError(f"{path} holds no checkpoint (best.pt or last.pt); pass a run folder or a .pt/.safetensors file")
     if not path.is_file():
         raise CnnlabError(f"checkpoint {path} does not exist; pass a run folder or a .pt/.safetensors file")

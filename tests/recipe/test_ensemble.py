@@ -139,27 +139,50 @@ def test_a_budget_beyond_saturation_trains_members_from_other_seeds_and_averages
 
 
 def _predicts_with_the_recipes_result(recipe: Path, used: bool) -> None:
-    """`cnnlab predict RECIPE` uses what the recipe's test accuracy measured: one model, or the three averaged."""
+    """`cnnlab predict RECIPE` uses what the recipe's test accuracy measured (one model, or the three averaged, each
+    with the flip TTA its run chose), and `cnnlab eval RECIPE` measures that accuracy again."""
     from PIL import Image
 
     from cnnlab.checkpoint import resolve_checkpoint
-    from cnnlab.errors import CnnlabError
+    from cnnlab.errors import CnnlabError, UsageError
+    from cnnlab.infer.calibration import softmax
     from cnnlab.infer.ensemble import load_recipe_predictor
+    from cnnlab.infer.evaluate import evaluate_checkpoint
     from cnnlab.infer.predict import load_predictor
+    from cnnlab.run import tta_used
     from tests.hostile.hostile_cli import run_cli
 
+    names = ("final", "final-2", "final-3")
     images = np.random.default_rng(0).integers(0, 256, (6, 1, 12, 12), dtype=np.uint8)
-    members = [load_predictor(recipe / name, device="cpu").predict_images(images) for name in ("final", "final-2", "final-3")]
+    members = []
+    for name in names:
+        member = load_predictor(recipe / name, device="cpu")
+        probs = member.predict_images(images)
+        if tta_used(RunFolder(recipe / name).read_summary()):  # as its run tested it: with the mirror image too
+            probs = (probs + member.predict_images(np.ascontiguousarray(images[..., ::-1]))) / 2
+        members.append(probs)
+    saved = [RunFolder(recipe / name).read_predictions("test") for name in names]
+    labels = saved[0][1]
     for average in (used, not used):  # the recorded choice, then the other one written into recipe.json
         state = json.loads((recipe / "recipe.json").read_text())
         state["steps"]["ensemble"]["used"] = average
         (recipe / "recipe.json").write_text(json.dumps(state))
         got = load_recipe_predictor(recipe, device="cpu").predict_images(images)
         assert np.allclose(got, np.mean(members, axis=0) if average else members[0], atol=1e-5)
+        probs = np.mean([softmax(logits) for logits, _ in saved], axis=0) if average else softmax(saved[0][0])
+        report = evaluate_checkpoint(recipe, device="cpu")
+        assert report.recipe and report.metrics.accuracy == pytest.approx(float((probs.argmax(1) == labels).mean()))
+        assert np.allclose(report.probs, probs, atol=1e-5)
+    code, out, err = run_cli("eval", recipe, "--device", "cpu")
+    assert code == 0 and "recipe result: simple" in out, err
+    assert json.loads((recipe / "eval.json").read_text())["checkpoint"] == str(recipe / "recipe.json")
+    assert not (recipe / "calibration.json").exists()  # each model keeps its own temperature
+    with pytest.raises(UsageError, match="already uses flip TTA"):
+        evaluate_checkpoint(recipe, tta=True, device="cpu")
     Image.fromarray(images[0, 0]).save(recipe / "one.png")
     code, out, err = run_cli("predict", recipe, recipe / "one.png", "--json", "--device", "cpu")
     assert code == 0 and json.loads(out)["predictions"][0]["prob"] > 0, err
-    with pytest.raises(CnnlabError, match="is a recipe folder; its final model is"):  # eval and export name the models
+    with pytest.raises(CnnlabError, match="is a recipe folder; its final model is"):  # export and explain name the models
         resolve_checkpoint(recipe)
 
 

@@ -20,6 +20,9 @@ RUN/eval-test-size64 (--image-size 64), RUN/eval-test-tta, RUN/eval-last-test (l
 RUN/eval-photos-<digest of its path>-test (--data photos/), RUN/eval-test-memory (--loader
 memory on a run that streamed its store). So the run's own eval.json is
 never overwritten by another setting's result; the same evaluation replaces its own files.
+A recipe folder is evaluated as the recipe's result (its final model, or the average of its
+final models, each with the flip TTA its run chose on validation, so --tta is refused):
+into RECIPE itself by default, RECIPE/eval-val for --split val, and so on.
 --out DIR must not be another run's folder (nor this run's, for a non-default evaluation);
 earlier eval.json / confusion.png / top_losses.png / reliability.png in it are replaced only
 with --force.
@@ -37,6 +40,7 @@ examples:
   cnnlab eval runs/simple-fashion-mnist-20250101-120000
   cnnlab eval runs/myrun/best.pt --split val --tta
   cnnlab eval runs/myrun --data ~/photos/labelled --out /tmp/photos-eval
+  cnnlab eval recipes/fmnist-30m           # the recipe's result, its test accuracy again
 """
 
 PREDICT_EPILOG = """\
@@ -89,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ECE before and after a temperature fitted on the validation split, stored for predict).",
         epilog=EVAL_EPILOG, formatter_class=fmt,
     )  # fmt: skip
-    ev.add_argument("checkpoint", metavar="RUN|CKPT", help=_MODEL_HELP)
+    ev.add_argument("checkpoint", metavar="RUN|CKPT|RECIPE", help=_MODEL_HELP + "; or a recipe folder: its result, "
+                    "the final model or the average of its final models, as the recipe tested it")  # fmt: skip
     ev.add_argument("--split", default="test", choices=("test", "val", "train"), help="the split to evaluate")
     ev.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror image")
     ev.add_argument("--out", metavar="DIR", help="folder for eval.json, confusion.png, top_losses.png, reliability.png (default: see below)")
@@ -179,6 +184,9 @@ def _eval(args: argparse.Namespace) -> int:
     if "calibration" in paths:
         console.print(f"stored T in {paths['calibration']}: predict now shows calibrated probabilities "
                       "(predict --no-calibration ignores it)", soft_wrap=True)  # fmt: skip
+    elif cal is not None and cal.temperature is not None and not cal.at_bound and report.recipe:
+        console.print("T is in eval.json only: a recipe's models are calibrated one by one (`cnnlab eval RECIPE/final`, "
+                      "...), and predict applies each one's before averaging", soft_wrap=True)  # fmt: skip
     elif cal is not None and cal.temperature is not None and not cal.at_bound:
         console.print("T is in eval.json only: the default evaluation (`cnnlab eval RUN`, no other flags) "
                       "stores it for predict", soft_wrap=True)  # fmt: skip

@@ -6,6 +6,10 @@ are seeded). Another source can be given instead; it is decoded to the model's i
 shape, and must have the same number of classes. Either way the images are normalised
 with the *training* mean/std stored in the checkpoint, as at training time.
 
+A recipe folder is evaluated as its result: the final model, or the average of its final
+models, each with the flip TTA its run chose (:func:`cnnlab.infer.ensemble.load_recipe_predictor`),
+so the default evaluation measures the recipe's test accuracy again.
+
 A run trained from a prepared store is evaluated the way its own validation was: streamed
 batch by batch (the centre crop of :mod:`cnnlab.data.stream`, never the whole split decoded
 in memory) when it streamed, decoded into memory when it did (``data.loader`` overrides).
@@ -30,6 +34,7 @@ from cnnlab.data.stream import StreamLoader
 from cnnlab.checkpoint import resolve_checkpoint
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.infer.calibration import Calibration, calibrate, reliability_diagram, store_temperature
+from cnnlab.infer.ensemble import is_recipe_folder, load_recipe_predictor, recipe_size
 from cnnlab.infer.outputs import EVAL_FILES, check_output_dir, is_run_folder, same_folder, write_error, writable_folder_problem
 from cnnlab.infer.predict import Predictor, load_predictor, trained_loader
 from cnnlab.io import atomic_write_json
@@ -66,6 +71,8 @@ class EvalReport:
             (best.pt, else last.pt); another file's results get their own folder.
         calibration: ECE and reliability bins of ``probs``, and the temperature fitted on the
             validation split with the ECE it gives (see :mod:`cnnlab.infer.calibration`).
+        recipe: ``checkpoint`` is a recipe's ``recipe.json``: its result was evaluated, and a
+            fitted temperature is reported, never stored (each model keeps its own).
     """
 
     checkpoint: Path
@@ -84,6 +91,7 @@ class EvalReport:
     changed: dict[str, Any] = field(default_factory=dict)
     folder_default: bool = True
     calibration: Calibration | None = None
+    recipe: bool = False
 
     def top_losses(self, limit: int = TOP_LOSSES) -> np.ndarray:
         """Indices of the misclassified images with the highest loss, highest first."""
@@ -257,6 +265,7 @@ class Evaluation:
         tta: flip test-time augmentation.
         changed: data settings that differ from the default evaluation of that data.
         folder_default: whether the model file is the one its folder stands for.
+        recipe: the model is a recipe's result (``pred.path`` is its ``recipe.json``).
     """
 
     pred: Predictor
@@ -266,6 +275,7 @@ class Evaluation:
     tta: bool
     changed: dict[str, Any]
     folder_default: bool
+    recipe: bool = False
 
     def default_output_dir(self) -> Path:
         """Where the results go without ``--out`` (see :func:`default_output_dir`)."""
@@ -331,12 +341,22 @@ class Evaluation:
                          "the loss and accuracy are not meaningful")  # fmt: skip
         calibration = None if bad else self._calibration(splits, result.logits, result.labels, batch_size, notes)
         return EvalReport(
-            checkpoint=pred.path, model=str(pred.model_args.get("name", "model")), data_name=splits.name,
+            checkpoint=pred.path, model=self.model_name(), data_name=splits.name,
             source=cfg.source, split=self.split, own_data=self.own_data, tta=self.tta, loss=result.loss,
             metrics=metrics, probs=result.logits.softmax(1).numpy(), labels=result.labels.numpy(),
             images=split_images(part), warnings=tuple(notes), changed=dict(self.changed), folder_default=self.folder_default,
-            calibration=calibration,
+            calibration=calibration, recipe=self.recipe,
         )  # fmt: skip
+
+    def model_name(self) -> str:
+        """The model's name; for a recipe, what its result is (``resnet9s x3 averaged, flip TTA``)."""
+        name = str(self.pred.model_args.get("name", "model"))
+        if not self.recipe:
+            return name
+        n = recipe_size(self.pred)
+        flips = sum(getattr(self.pred.model, "flips", []))
+        tta = "" if not flips else ", flip TTA" if flips == n else f", flip TTA for {flips} of them"
+        return f"recipe result: {name}{f' x{n} averaged' if n > 1 else ''}{tta}"
 
     def _calibration(self, splits: Splits, logits: torch.Tensor, labels: torch.Tensor, batch_size: int,
                      notes: list[str]) -> Calibration:  # fmt: skip
@@ -383,18 +403,27 @@ def plan_evaluation(
     """Load the model and settle what will be evaluated (nothing is decoded or written yet).
 
     Args:
-        checkpoint: run folder (best.pt, else last.pt), ``.pt`` or ``.safetensors`` file.
+        checkpoint: run folder (best.pt, else last.pt), ``.pt`` or ``.safetensors`` file, or a
+            recipe folder (its result: see :func:`~cnnlab.infer.ensemble.load_recipe_predictor`).
         data: ``DataConfig`` overrides (see :func:`eval_data_config`); None: the training data.
         split: train, val or test.
         tta: average the softmax of each image and its mirror image.
         device: auto, cpu, cuda or cuda:N.
 
     Raises:
-        UsageError: an invalid data override or split.
+        UsageError: an invalid data override or split; ``tta`` for a recipe.
         CnnlabError: unreadable or non-cnnlab model file.
     """
     if split not in ("train", "val", "test"):
         raise UsageError(f"the split must be train, val or test, got {split!r}")
+    if is_recipe_folder(checkpoint):
+        if tta:
+            raise UsageError(f"{checkpoint} is a recipe folder: its result already uses flip TTA for each model whose run "
+                             "chose it on validation; evaluate it without --tta")  # fmt: skip
+        # The models' own probabilities, as the recipe averaged them (a temperature changes the average's argmax).
+        pred = load_recipe_predictor(checkpoint, device=device, calibrated=False)
+        cfg, own, changed = eval_data_setting(pred, data)
+        return Evaluation(pred, cfg, own, split, tta, changed, folder_default=True, recipe=True)
     pred = load_predictor(checkpoint, device=device)
     cfg, own, changed = eval_data_setting(pred, data)
     try:
@@ -530,7 +559,7 @@ def write_report(report: EvalReport, out_dir: str | Path | None = None, *, limit
 def _stores_temperature(report: EvalReport, out: Path) -> bool:
     """Whether ``report`` is the run's default evaluation, written into the run folder, with a fitted T."""
     cal = report.calibration
-    if cal is None or cal.temperature is None or cal.at_bound:  # a T at its bound is no fit
+    if report.recipe or cal is None or cal.temperature is None or cal.at_bound:  # a T at its bound is no fit
         return False
     run = report.checkpoint.parent
     return same_folder(default_output_dir(report), run) and same_folder(out, run)
