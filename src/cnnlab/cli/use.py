@@ -184,12 +184,11 @@ def _eval(args: argparse.Namespace) -> int:
     if "calibration" in paths:
         console.print(f"stored T in {paths['calibration']}: predict now shows calibrated probabilities "
                       "(predict --no-calibration ignores it)", soft_wrap=True)  # fmt: skip
-    elif cal is not None and cal.temperature is not None and not cal.at_bound and report.recipe:
-        console.print("T is in eval.json only: a recipe's models are calibrated one by one (`cnnlab eval RECIPE/final`, "
-                      "...), and predict applies each one's before averaging", soft_wrap=True)  # fmt: skip
     elif cal is not None and cal.temperature is not None and not cal.at_bound:
-        console.print("T is in eval.json only: the default evaluation (`cnnlab eval RUN`, no other flags) "
-                      "stores it for predict", soft_wrap=True)  # fmt: skip
+        where = ("a recipe's models are calibrated one by one (`cnnlab eval RECIPE/final`, ...), and predict applies "
+                 "each one's before averaging") if report.recipe else \
+            "the default evaluation (`cnnlab eval RUN`, no other flags) stores it for predict"  # fmt: skip
+        console.print(f"T is in eval.json only: {where}", soft_wrap=True)
     return 0
 
 

@@ -113,12 +113,15 @@ def load_recipe_predictor(path: str | Path, *, device: str = "auto", calibrated:
                                temperature=1.0, temperature_from=None)  # fmt: skip
 
 
-def recipe_size(pred: Predictor) -> int:
-    """How many models a predictor averages (1 for a single model, flip TTA or not)."""
-    return len(pred.model.members) if isinstance(pred.model, AveragedModel) else 1
+def describe_result(pred: Predictor) -> str:
+    """What a recipe's predictor is, after the model's name: ``" x3 averaged, flip TTA"``, or ``""`` for one plain model."""
+    if not isinstance(pred.model, AveragedModel):
+        return ""
+    n, flips = len(pred.model.members), sum(pred.model.flips)
+    tta = "" if not flips else ", flip TTA" if flips == n else f", flip TTA for {flips} of them"
+    return f"{f' x{n} averaged' if n > 1 else ''}{tta}"
 
 
 def _tested_with_flips(run: Path) -> bool:
     """Whether the run's test evaluation used flip TTA (its ``summary.json``; False before it finished)."""
-    summary = RunFolder(run).read_summary() or {}
-    return tta_used(summary)
+    return tta_used(RunFolder(run).read_summary() or {})

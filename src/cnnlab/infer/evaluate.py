@@ -34,7 +34,7 @@ from cnnlab.data.stream import StreamLoader
 from cnnlab.checkpoint import resolve_checkpoint
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.infer.calibration import Calibration, calibrate, reliability_diagram, store_temperature
-from cnnlab.infer.ensemble import is_recipe_folder, load_recipe_predictor, recipe_size
+from cnnlab.infer.ensemble import describe_result, is_recipe_folder, load_recipe_predictor
 from cnnlab.infer.outputs import EVAL_FILES, check_output_dir, is_run_folder, same_folder, write_error, writable_folder_problem
 from cnnlab.infer.predict import Predictor, load_predictor, trained_loader
 from cnnlab.io import atomic_write_json
@@ -351,12 +351,7 @@ class Evaluation:
     def model_name(self) -> str:
         """The model's name; for a recipe, what its result is (``resnet9s x3 averaged, flip TTA``)."""
         name = str(self.pred.model_args.get("name", "model"))
-        if not self.recipe:
-            return name
-        n = recipe_size(self.pred)
-        flips = sum(getattr(self.pred.model, "flips", []))
-        tta = "" if not flips else ", flip TTA" if flips == n else f", flip TTA for {flips} of them"
-        return f"recipe result: {name}{f' x{n} averaged' if n > 1 else ''}{tta}"
+        return f"recipe result: {name}{describe_result(self.pred)}" if self.recipe else name
 
     def _calibration(self, splits: Splits, logits: torch.Tensor, labels: torch.Tensor, batch_size: int,
                      notes: list[str]) -> Calibration:  # fmt: skip
@@ -422,15 +417,16 @@ def plan_evaluation(
                              "chose it on validation; evaluate it without --tta")  # fmt: skip
         # The models' own probabilities, as the recipe averaged them (a temperature changes the average's argmax).
         pred = load_recipe_predictor(checkpoint, device=device, calibrated=False)
-        cfg, own, changed = eval_data_setting(pred, data)
-        return Evaluation(pred, cfg, own, split, tta, changed, folder_default=True, recipe=True)
-    pred = load_predictor(checkpoint, device=device)
+        folder_default = recipe = True
+    else:
+        pred = load_predictor(checkpoint, device=device)
+        recipe = False
+        try:
+            folder_default = resolve_checkpoint(pred.path.parent).samefile(pred.path)
+        except (CnnlabError, OSError):
+            folder_default = False
     cfg, own, changed = eval_data_setting(pred, data)
-    try:
-        folder_default = resolve_checkpoint(pred.path.parent).samefile(pred.path)
-    except (CnnlabError, OSError):
-        folder_default = False
-    return Evaluation(pred, cfg, own, split, tta, changed, folder_default)
+    return Evaluation(pred, cfg, own, split, tta, changed, folder_default, recipe)
 
 
 def evaluate_checkpoint(
