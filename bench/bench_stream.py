@@ -2,7 +2,7 @@
 
     python bench/make_jpeg_folder.py --n 2000 --out /tmp/jpegs
     python bench/bench_stream.py engines --folder /tmp/jpegs --work /tmp/bench-stream
-    python bench/bench_stream.py loaders --folder /tmp/jpegs --work /tmp/bench-stream [--batches 30]
+    python bench/bench_stream.py loaders --folder /tmp/jpegs --work /tmp/bench-stream [--batches 30] [--device cuda]
 
 ``engines``: the same images (longer side at most 256 px, JPEG quality 90) written with
 MosaicML streaming (MDS shards, when installed), Lightning litdata (chunks) and WebDataset (tar shards):
@@ -14,7 +14,10 @@ random access, WebDataset in shard order, its only efficient order).
 of each loader, every case in a fresh process: cnnlab's StreamLoader on a store prepared
 with ``cnnlab data prepare``, torchvision's ImageFolder + DataLoader with 0 and 2 workers
 (RandomResizedCrop + flip + ToTensor + Normalize; persistent workers), and litdata's own
-StreamingDataset + StreamingDataLoader (2 workers, the store's first part). Each case skips
+StreamingDataset + StreamingDataLoader (2 workers, the store's first part); ``stream-device``
+is StreamLoader with ``--decode device`` (the batch decoded by decode_jpeg on ``--device``:
+nvJPEG on a GPU). With ``--device cuda`` every batch is moved to the GPU (the DataLoader
+pins memory) and the clock stops after a synchronise. Each case skips
 2 warm-up batches (worker start, first shard), then times ``--batches`` batches, starting a
 new epoch when one ends. ``cpu_ms_per_image``: CPU time of the main and worker processes
 over the timed batches, per image (less sensitive than the rate to other jobs on the
@@ -169,20 +172,23 @@ def engines(folder: Path, work: Path) -> dict:
 
 # --------------------------------------------------------------------------- loaders, one process each
 
-CASES = ("stream", "imagefolder-0", "imagefolder-2", "litdata-dataloader")
+CASES = ("stream", "imagefolder-0", "imagefolder-2", "litdata-dataloader")  # also: stream-device, imagefolder-N
 
 
-def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
+def _case(name: str, folder: Path, store: Path, batches: int, device: str = "cpu") -> dict:
     import torch
 
-    if name == "stream":
+    if name in ("stream", "stream-device"):  # stream-device: --decode device (nvJPEG on a GPU)
         from cnnlab.config import DataConfig
         from cnnlab.data.sources import load_splits
         from cnnlab.data.stream import StreamLoader
 
-        splits = load_splits(DataConfig(source=str(store), loader="stream", image_size=SIZE, val_split=0, test_split=0))
+        decode = "device" if name == "stream-device" else "cpu"
+        splits = load_splits(DataConfig(source=str(store), loader="stream", image_size=SIZE, val_split=0, test_split=0,
+                                        decode=decode))  # fmt: skip
         mean, std = splits.stats
-        loader = StreamLoader(splits.train, batch_size=BATCH, mean=mean, std=std, train=True, workers=os.cpu_count())
+        loader = StreamLoader(splits.train, batch_size=BATCH, mean=mean, std=std, train=True, workers=os.cpu_count(),
+                              device=device)  # fmt: skip
 
         def restart():  # noqa: ANN202
             loader.set_epoch(loader.epoch + 1)
@@ -197,7 +203,7 @@ def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
         workers = int(name.rsplit("-", 1)[1])
         ds = datasets.ImageFolder(str(folder), transform=tf)
         dl = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0)  # fmt: skip
+                                         persistent_workers=workers > 0, pin_memory=device != "cpu")  # fmt: skip
         restart = lambda: iter(dl)  # noqa: E731
         it = restart()
     elif name == "litdata-dataloader":
@@ -215,16 +221,19 @@ def _case(name: str, folder: Path, store: Path, batches: int) -> dict:
     else:
         raise SystemExit(f"unknown case {name}")
     for _ in range(WARMUP):  # start-up (worker processes, first shard) is not counted
-        it = _next(it, restart)
+        it = _next(it, restart, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    sync()
     cpu = _tree_cpu()
     start = time.perf_counter()
     done = 0
     for _ in range(batches):
-        it = _next(it, restart)
+        it = _next(it, restart, device)
         done += BATCH
+    sync()  # every batch is on the device, ready for the model
     rate = done / (time.perf_counter() - start)
     cpu_ms = (_tree_cpu() - cpu) * 1e3 / done
-    return {"case": name, "images_per_s": round(rate, 1), "cpu_ms_per_image": round(cpu_ms, 3),
+    return {"case": name, "device": device, "images_per_s": round(rate, 1), "cpu_ms_per_image": round(cpu_ms, 3),
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}  # fmt: skip
 
 
@@ -243,13 +252,14 @@ def _tree_cpu() -> float:
     return total
 
 
-def _next(it, restart):  # noqa: ANN001, ANN202 - one batch; a new epoch when the last one ended
+def _next(it, restart, device: str = "cpu"):  # noqa: ANN001, ANN202 - one batch on the device; a new epoch when the last one ended
     try:
         x, _ = next(it)
     except StopIteration:
         it = restart()
         x, _ = next(it)
     assert x.shape[0] == BATCH
+    x.to(device, non_blocking=True)  # the torchvision and litdata batches are made on the CPU
     return it
 
 
@@ -276,7 +286,7 @@ def _tree_pss(pid: int, stop: threading.Event, peak: list[int]) -> None:
         stop.wait(SAMPLE_S)
 
 
-def loaders(folder: Path, work: Path, batches: int, cases: tuple[str, ...] = CASES) -> list[dict]:
+def loaders(folder: Path, work: Path, batches: int, cases: tuple[str, ...] = CASES, device: str = "cpu") -> list[dict]:
     store = work / "store"
     if not (store / "cnnlab-store.json").is_file():
         shutil.rmtree(store, ignore_errors=True)
@@ -284,7 +294,8 @@ def loaders(folder: Path, work: Path, batches: int, cases: tuple[str, ...] = CAS
     out = []
     for name in cases:
         proc = subprocess.Popen([sys.executable, __file__, "case", name, "--folder", str(folder), "--work", str(work),
-                                 "--batches", str(batches)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                 "--batches", str(batches), "--device", device],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         stop, peak = threading.Event(), [0]
         sampler = threading.Thread(target=_tree_pss, args=(proc.pid, stop, peak), daemon=True)
         sampler.start()
@@ -310,16 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", required=True, help="an image folder from make_jpeg_folder.py")
     parser.add_argument("--work", required=True, help="where the stores are written")
     parser.add_argument("--batches", type=int, default=30, help="timed batches of 128 per loader, after 2 warm-up ones (default 30)")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"loaders to time, comma-separated (default {','.join(CASES)})")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"loaders to time, comma-separated (default {','.join(CASES)}; "
+                        "also stream-device: --decode device, and imagefolder-N: N workers)")
+    parser.add_argument("--device", default="cpu", help="where the batches go, ready for the model: cpu or cuda (default cpu)")
     args = parser.parse_args(argv)
     folder, work = Path(args.folder), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.what == "engines":
         result = engines(folder, work)
     elif args.what == "loaders":
-        result = loaders(folder, work, args.batches, tuple(c for c in args.cases.split(",") if c))
+        result = loaders(folder, work, args.batches, tuple(c for c in args.cases.split(",") if c), args.device)
     else:
-        result = _case(args.name, folder, work / "store", args.batches)
+        result = _case(args.name, folder, work / "store", args.batches, args.device)
     print(json.dumps(result))
     return 0
 

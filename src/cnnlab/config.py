@@ -34,6 +34,9 @@ Normalize = Literal["standardize", "unit", "raw"]
 # memory, streamed from the store batch by batch, or auto: in memory when the decoded images fit
 # a fraction of the free device memory (cnnlab.data.store.MEMORY_FRACTION), else streamed.
 LoaderMode = Literal["auto", "memory", "stream"]
+# Where a streamed JPEG store's training crops are decoded: by the CPU decoding threads
+# (simplejpeg / Pillow), or on the training device by torchvision.io.decode_jpeg (nvJPEG on a GPU).
+DecodeMode = Literal["cpu", "device"]
 Channels = Literal[1, 3]
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["onecycle", "cosine", "step", "constant"]
@@ -382,6 +385,8 @@ class DataConfig:
     allow_outside_root: bool = False
     # A store path as --data: its images in memory or streamed (LoaderMode); other sources are always in memory.
     loader: LoaderMode = "auto"
+    # A streamed JPEG store: decode the training crops on the CPU threads or on the device (DecodeMode).
+    decode: DecodeMode = "cpu"
 
     def __post_init__(self) -> None:
         _check_choices(self, "data")

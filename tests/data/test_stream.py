@@ -18,6 +18,7 @@ pytest.importorskip("litdata")
 from cnnlab.cli.main import main  # noqa: E402
 from cnnlab.config import DataConfig  # noqa: E402
 from cnnlab.data import store as store_mod  # noqa: E402
+from cnnlab.data import stream as stream_mod  # noqa: E402
 from cnnlab.data.imageset import Splits  # noqa: E402
 from cnnlab.data.sources import load_splits  # noqa: E402
 from cnnlab.data.store import (  # noqa: E402
@@ -165,6 +166,71 @@ def test_evaluation_is_a_centre_crop_and_keeps_every_image(tiny_store: Path) -> 
     loader = StreamLoader(splits.train, batch_size=8, mean=mean, std=std, train=False, workers=2)
     xs = torch.cat([x for x, _ in loader])
     assert xs.shape[0] == 36 and torch.equal(xs, torch.cat([x for x, _ in loader]))  # no randomness
+
+
+@pytest.mark.parametrize("decoder", ["torchcodec", "torchvision"])
+def test_device_decoding_gives_the_cpu_threads_pixels_and_resumes(tiny_store: Path, tmp_path: Path, decoder: str) -> None:
+    """--decode device: a batched decode_jpeg (here on the CPU device, nvJPEG on a GPU), then crop and resize there."""
+    if decoder == "torchcodec":
+        pytest.importorskip("torchcodec.decoders")
+    splits = load_splits(_cfg(tiny_store, loader="stream", image_size=32, decode="device"))
+    assert splits.train.decode == "device"
+    mean, std = splits.stats
+    loader = StreamLoader(splits.train, batch_size=9, mean=mean, std=std, seed=4, workers=2)
+    loader._decode_jpegs = getattr(stream_mod, f"_{decoder}_jpegs")
+    cpu = StreamLoader(splits.train, batch_size=9, mean=mean, std=std, seed=4, workers=2, decode="cpu")
+    loader.set_epoch(1)
+    cpu.set_epoch(1)
+    # The same crops and flips; the pixels of both decoders agree (32 px from 16-40 px images: no reduced-scale decode).
+    jobs = loader.jobs(loader.order()[:9], 0)
+    assert jobs == cpu.jobs(cpu.order()[:9], 0) and any(flip for *_, flip in jobs) and not all(flip for *_, flip in jobs)
+    on_device = loader._decode_on_device(jobs, loader._read_slice(jobs))
+    threads = torch.empty_like(on_device)
+    cpu._decode_slice(jobs, threads)
+    assert on_device.dtype == torch.uint8 and on_device.shape == (9, 3, 32, 32)
+    diff = (on_device.int() - threads.int()).abs()
+    assert diff.max() <= 2 and diff.float().mean() < 0.5, (diff.max(), diff.float().mean())
+    # Batches are a pure function of (seed, epoch, batch): a new loader resumes mid-epoch exactly.
+    full = list(loader)
+    again = StreamLoader(splits.train, batch_size=9, mean=mean, std=std, seed=4, workers=1)
+    again._decode_jpegs = loader._decode_jpegs
+    again.set_epoch(1)
+    for (x, y), (x2, y2) in zip(full[2:], again.iter_from(2), strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    # Evaluation batches are decoded by the CPU threads, whatever data.decode says (the pixels predict sees).
+    evaluate = dict(batch_size=8, mean=mean, std=std, train=False, workers=2)
+    assert torch.equal(next(iter(StreamLoader(splits.train, **evaluate)))[0],
+                       next(iter(StreamLoader(splits.train, decode="cpu", **evaluate)))[0])  # fmt: skip
+    # Only JPEG stores decode on the device.
+    _prepare(_folder(tmp_path / "png-src", per_class=2), tmp_path / "png", fmt="png")
+    with pytest.raises(UsageError, match="--decode cpu"):
+        load_splits(_cfg(tmp_path / "png", loader="stream", decode="device"))
+    with pytest.raises(UsageError, match="data.decode must be one of cpu, device"):
+        DataConfig(decode="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it)")
+def test_device_decoding_on_a_gpu(tiny_store: Path, tmp_path: Path) -> None:
+    """nvJPEG decodes the batch on the GPU: the CPU threads' pixels within a level or two, and a run trains end to end."""
+    splits = load_splits(_cfg(tiny_store, loader="stream", image_size=32, decode="device"))
+    mean, std = splits.stats
+    gpu = StreamLoader(splits.train, batch_size=9, mean=mean, std=std, seed=4, workers=2, device="cuda")
+    cpu = StreamLoader(splits.train, batch_size=9, mean=mean, std=std, seed=4, workers=2, decode="cpu")
+    jobs = gpu.jobs(gpu.order()[:9], 0)
+    threads = torch.empty((9, 3, 32, 32), dtype=torch.uint8)
+    cpu._decode_slice(jobs, threads)
+    for _ in range(3):  # repeated: memory recycled between calls must not be overwritten (the decoding stream)
+        on_gpu = gpu._decode_on_device(jobs, gpu._read_slice(jobs))
+        assert on_gpu.is_cuda and on_gpu.dtype == torch.uint8
+        diff = (on_gpu.cpu().int() - threads.int()).abs()
+        assert diff.float().mean() < 1.0 and diff.max() <= 8, (diff.max(), diff.float().mean())
+    batches = [x for x, _ in gpu]
+    assert all(x.is_cuda and x.shape == (9, 3, 32, 32) for x in batches)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_store), "--loader", "stream", "--decode", "device", "--image-size", "32",
+                 "--model", "simple", "--epochs", "2", "--batch-size", "8", "--device", "cuda", "--quiet",
+                 "--out", str(run)]) == 0  # fmt: skip
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and (run / "summary.json").is_file()
 
 
 def test_random_resized_box_stays_inside_and_is_seeded() -> None:

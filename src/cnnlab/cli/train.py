@@ -61,6 +61,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, only: frozenset[str] | None
     _Flags(parser, parser, only)("--loader", field=(c.DataConfig, "loader"), choices=c.choices(c.LoaderMode),
                                  help="a store as --data (`cnnlab data prepare`): decode it into memory, stream it batch by batch, "
                                       "or auto: in memory when it fits half the free device memory (`cnnlab data info STORE` says which)")  # fmt: skip
+    _Flags(parser, parser, only)("--decode", field=(c.DataConfig, "decode"), choices=c.choices(c.DecodeMode),
+                                 help="a streamed JPEG store: decode the training crops on the CPU threads, or on the device "
+                                      "(torchcodec/torchvision decode_jpeg: nvJPEG on a GPU, which frees the CPU cores; docs/data.md)")  # fmt: skip
     m = _Flags(parser, parser.add_argument_group("model"), only)
     m("--model", field=(c.ModelConfig, "name"), metavar="NAME",
       help="a registered model (`cnnlab models`), or your own code: FILE.py:FACTORY or MODULE:FACTORY, where "
@@ -198,7 +201,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     off = lambda name: False if g(name) else None  # noqa: E731 - a --no-X flag turns X off only when given
     options = parse_model_options(g("model_opt") or [])
     return {
-        "data": {**data_overrides(args), "augment": g("augment"), "loader": g("loader"),
+        "data": {**data_overrides(args), "augment": g("augment"), "loader": g("loader"), "decode": g("decode"),
                  "class_subset": parse_class_list(g("class_subset"))},
         "model": {"name": g("model"), "norm": g("norm"), "act": g("act"), "dropout": g("dropout"), "init": g("init"),
                   "options": options or None, "prior_bias": off("no_prior_bias"), "pretrained": flag("pretrained")},

@@ -730,6 +730,8 @@ class StoreSplit:
         classes: class names, indexed by label.
         size: the side of the square inputs the images are cropped and resized to.
         channels: 1 or 3 (converted while decoding when the store holds the other).
+        decode: where the training crops are decoded, ``cpu`` (the decoding threads) or
+            ``device`` (``torchvision.io.decode_jpeg`` on the training device; JPEG stores).
     """
 
     store: Store
@@ -738,6 +740,7 @@ class StoreSplit:
     classes: tuple[str, ...]
     size: int
     channels: int
+    decode: str = "cpu"
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -871,8 +874,13 @@ def load_store_splits(cfg: DataConfig) -> Splits:
     if len(parts["train"]) == 0:
         raise CnnlabError(f"the store {readable(cfg.source)} has no training images")
     mode, why = choose_loader(store, cfg)
+    if cfg.decode == "device" and store.format != "jpeg":
+        raise UsageError(f"--decode device (data.decode) decodes JPEG stores on the device, and {readable(cfg.source)} "
+                         f"holds {store.format} images; use --decode cpu, or prepare the store with --format jpeg")  # fmt: skip
     if int(os.environ.get("RANK", "0") or 0) == 0:  # one line per run, not per torchrun rank
         log.info("store %s, %s loader: %s", readable(cfg.source), mode, why)
+        if mode == "memory" and cfg.decode == "device":
+            log.info("data.decode is device, but the images are decoded once into memory: nothing is decoded per batch")
     key = json.dumps([store.meta["fingerprint"], mode, size, channels, cfg.val_split, cfg.test_split, cfg.split_seed])
     fingerprint = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
     name = f"{readable(Path(cfg.source).name)} (store, {size}px, {mode})"
@@ -880,7 +888,8 @@ def load_store_splits(cfg: DataConfig) -> Splits:
     if mode == "memory":
         sets = _load_in_memory(store, parts, size, channels)
         return Splits(sets["train"], sets["val"], sets["test"], name, fingerprint, skipped)
-    split_sets = {k: StoreSplit(store, idx, store.labels[idx], store.classes, size, channels) for k, idx in parts.items()}
+    split_sets = {k: StoreSplit(store, idx, store.labels[idx], store.classes, size, channels, cfg.decode)
+                  for k, idx in parts.items()}  # fmt: skip
     stats = store.stats(parts["train"])
     if channels != store.channels:  # luma of the RGB statistics is not exact; the grey mean is
         stats = ((float(np.mean(stats[0])),) * channels, (float(np.mean(stats[1])),) * channels)

@@ -16,7 +16,11 @@ Decoding runs in a pool of threads a few batches ahead of the training step, eac
 slice of a batch written straight into the batch's uint8 buffer: the stored bytes are read
 at their offsets in the chunk files, a JPEG is decoded by simplejpeg and the crop resized
 by torch (both release the GIL; Pillow decodes other formats, and JPEGs when simplejpeg is
-missing), see :meth:`~cnnlab.data.store.Store.decode_crop`. Randomness is a pure function
+missing), see :meth:`~cnnlab.data.store.Store.decode_crop`. With ``data.decode: device``
+(a JPEG store) the threads only read the bytes, and each training batch is decoded on the
+training device by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU, batched), then cropped,
+resized and flipped there (:meth:`StreamLoader._decode_on_device`); evaluation batches are
+always decoded on the CPU, so that they are the pixels ``cnnlab predict`` sees. Randomness is a pure function
 of ``(seed, epoch, rank, batch)``, as in ``DeviceLoader``: the epoch's order is the same permutation
 of the split (seeded by ``(seed, epoch)``), each rank takes its disjoint slice of it, and
 a batch's crops and flips are drawn from a generator seeded by ``(seed, epoch, rank,
@@ -27,11 +31,14 @@ have seen.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
 import mmap
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -39,7 +46,9 @@ import torch
 
 from cnnlab.data.loader import EpochOrder, derive_seed
 from cnnlab.data.store import EVAL_CROP, StoreSplit
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UsageError
+
+log = logging.getLogger(__name__)
 
 CROP_SCALE = (0.08, 1.0)  # random-resized-crop: fraction of the image's area
 CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio (torchvision's defaults)
@@ -48,6 +57,7 @@ TASKS_PER_WORKER = 2  # slices of a batch per decoding thread: few Python calls,
 CONVERT_CHUNK = 8  # images converted to float at a time on the CPU (they stay in the cache)
 
 Box = tuple[float, float, float, float]
+Job = tuple[int, Box, bool]  # (store index, crop box, flip) of one image of a batch
 
 
 def random_resized_box(rng: np.random.Generator, h: int, w: int) -> Box:
@@ -95,6 +105,41 @@ def windowed_permutation(groups: torch.Tensor, n_groups: int, window: int, gen: 
     return torch.argsort(window_of_item * n + torch.randperm(n, generator=gen))  # the random keys are distinct
 
 
+JpegDecoder = Callable[[list[torch.Tensor], bool, torch.device], list[torch.Tensor]]  # (blobs, gray, device) -> (C, H, W)
+
+
+def _torchcodec_jpegs(blobs: list[torch.Tensor], gray: bool, device: torch.device) -> list[torch.Tensor]:
+    from torchcodec.decoders import decode_jpeg
+
+    return decode_jpeg(blobs, mode="GRAY" if gray else "RGB", device=device)
+
+
+def _torchvision_jpegs(blobs: list[torch.Tensor], gray: bool, device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(blobs, mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB, device=device)
+
+
+@functools.cache
+def batch_jpeg_decoder() -> JpegDecoder:
+    """The batched JPEG decoder ``--decode device`` uses: TorchCodec's, else torchvision's.
+
+    The two take the same arguments and, on the CPU, give the same pixels (both are
+    libjpeg-turbo); on a GPU both call nvJPEG's batched decoder. TorchCodec is preferred
+    because torchvision deprecated its image decoders in 0.29 in its favour; its wheels are
+    built for one torch release, so where it does not load (another torch) torchvision's is
+    used, and the reason is logged.
+    """
+    try:
+        import torchcodec.decoders  # noqa: F401 - the `stream` extra
+    except ImportError:
+        return _torchvision_jpegs
+    except (OSError, RuntimeError) as e:  # a wheel built for another torch: its libraries do not load
+        log.info("torchcodec does not load here (%s); JPEGs are decoded by torchvision.io.decode_jpeg", e)
+        return _torchvision_jpegs
+    return _torchcodec_jpegs
+
+
 def default_workers(world_size: int = 1) -> int:
     """Decoding threads per process: the CPU cores shared by the ranks of this machine, 1 to 16."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or 1)
@@ -106,7 +151,8 @@ class StreamLoader(EpochOrder):
 
     Arguments as :class:`~cnnlab.data.loader.DeviceLoader`'s, with ``data`` a
     :class:`~cnnlab.data.store.StoreSplit` (its ``size`` is the input size), plus
-    ``workers``, the decoding threads (default :func:`default_workers`).
+    ``workers``, the decoding threads (default :func:`default_workers`), and ``decode``,
+    where the training crops are decoded (``cpu`` or ``device``; default the split's own).
     """
 
     def __init__(
@@ -126,6 +172,7 @@ class StreamLoader(EpochOrder):
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
         workers: int | None = None,
+        decode: str | None = None,
     ) -> None:
         self._setup(len(data.labels), data.classes, data.channels, batch_size=batch_size, mean=mean, std=std,
                     train=train, augment=augment, seed=seed, rank=rank, world_size=world_size, device=device,
@@ -133,7 +180,15 @@ class StreamLoader(EpochOrder):
         self.data = data
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
         self.workers = workers or default_workers(world_size)
+        self.decode = decode or data.decode
+        if self.decode not in ("cpu", "device"):
+            raise UsageError(f"data.decode (--decode) must be cpu or device, got {self.decode!r}")
+        if self.decode == "device" and data.store.format != "jpeg":
+            raise UsageError(f"--decode device decodes JPEG stores, and this store holds {data.store.format} images; "
+                             "use --decode cpu")  # fmt: skip
         self._pool: ThreadPoolExecutor | None = None
+        self._stream = None  # the CUDA stream the device decoding runs on (made on first use)
+        self._decode_jpegs = batch_jpeg_decoder() if self.decode == "device" else None
 
     # ------------------------------------------------------------------ the same contract as DeviceLoader
 
@@ -160,29 +215,34 @@ class StreamLoader(EpochOrder):
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate the current epoch from batch ``start_batch`` (exact mid-epoch resume)."""
         order = self.order()
-        pending: deque[tuple[int, torch.Tensor, torch.Tensor, list[Future]]] = deque()
+        pending: deque[tuple[int, torch.Tensor, list[Job], torch.Tensor | None, list[Future]]] = deque()
         batches = iter(range(start_batch, len(self)))
         c, size = self.data.channels, self.data.size
+        on_device = self.train and self.decode == "device"
 
         def submit() -> None:
             b = next(batches, None)
             if b is not None:
                 idx = order[b * self.batch_size : (b + 1) * self.batch_size]
                 jobs = self.jobs(idx, b)
-                raw = torch.empty((len(jobs), c, size, size), dtype=torch.uint8)
                 step = max(1, math.ceil(len(jobs) / (self.workers * TASKS_PER_WORKER)))
-                futures = [self._executor().submit(self._decode_slice, jobs[a : a + step], raw[a : a + step])
+                raw = None if on_device else torch.empty((len(jobs), c, size, size), dtype=torch.uint8)
+                futures = [self._executor().submit(self._read_slice, jobs[a : a + step]) if raw is None else
+                           self._executor().submit(self._decode_slice, jobs[a : a + step], raw[a : a + step])
                            for a in range(0, len(jobs), step)]  # fmt: skip
-                pending.append((b, idx, raw, futures))
+                pending.append((b, idx, jobs, raw, futures))
 
         for _ in range(PREFETCH):
             submit()
         try:
             while pending:
-                b, idx, raw, futures = pending.popleft()
+                b, idx, jobs, raw, futures = pending.popleft()
                 submit()
-                for f in futures:
-                    f.result()
+                if raw is None:  # the threads read the bytes; the device decodes them
+                    raw = self._decode_on_device(jobs, [blob for f in futures for blob in f.result()])
+                else:
+                    for f in futures:
+                        f.result()
                 yield self._make_batch(raw, b), self.labels.index_select(0, idx).to(self.device)
         finally:
             for *_, futures in pending:
@@ -202,7 +262,7 @@ class StreamLoader(EpochOrder):
 
     # ------------------------------------------------------------------ reading and decoding
 
-    def jobs(self, idx: torch.Tensor, batch_index: int) -> list[tuple[int, Box, bool]]:
+    def jobs(self, idx: torch.Tensor, batch_index: int) -> list[Job]:
         """``(store index, crop box, flip)`` of each image of batch ``batch_index`` (its randomness drawn here)."""
         store, where = self.data.store, self.data.index[idx.numpy()]
         heights, widths = store.heights[where], store.widths[where]
@@ -215,7 +275,7 @@ class StreamLoader(EpochOrder):
             out.append((int(i), box, bool(rng.random() < 0.5)))
         return out
 
-    def _decode_slice(self, jobs: list[tuple[int, Box, bool]], out: torch.Tensor) -> None:
+    def _decode_slice(self, jobs: list[Job], out: torch.Tensor) -> None:
         """Decode ``jobs`` into ``out`` (uint8, one image per job): one thread's share of a batch."""
         store = self.data.store
         for (i, box, flip), dst in zip(jobs, out):
@@ -223,6 +283,51 @@ class StreamLoader(EpochOrder):
                 store.decode_crop(i, box, flip, dst)  # type: ignore[arg-type]
             else:  # the evaluation's centre box, as every other reader of the store resizes it
                 np.copyto(dst.numpy(), store.decode(i, box, flip, self.data.size, self.data.channels))
+
+    def _read_slice(self, jobs: list[Job]) -> list[torch.Tensor]:
+        """The stored bytes of ``jobs``' images, as the uint8 tensors ``decode_jpeg`` reads."""
+        return [torch.frombuffer(bytearray(self.data.store.read(i)), dtype=torch.uint8) for i, _, _ in jobs]
+
+    def _decode_on_device(self, jobs: list[Job], blobs: list[torch.Tensor]) -> torch.Tensor:
+        """A training batch decoded on the device: uint8 (B, C, size, size) there, as :meth:`_decode_slice` makes it.
+
+        :func:`batch_jpeg_decoder` decodes the whole batch in one call (nvJPEG's batched
+        decoder on a GPU) at the stored size; each image's box is then cropped, resized
+        (bilinear, antialiased, rounded to uint8, as torch resizes the CPU path's uint8
+        crops) and flipped on the device. The pixels can differ from the CPU path's by a
+        level or so (another IDCT, and no reduced-scale decoding), never between two runs
+        on the same device, so a resumed run still sees the batches it would have seen.
+
+        On a GPU the decoding runs on a stream of its own, synchronised before each call:
+        torchvision's decoder writes its outputs from a private stream that does not wait
+        for the caller's, so memory the allocator recycles must have no kernel of ours
+        still reading it (pytorch/vision PR 9606; torchcodec waits since its PR 1634). The
+        training stream waits for the batch.
+        """
+        c, size = self.data.channels, self.data.size
+        cuda = self.device.type == "cuda"
+        if cuda:
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            self._stream.synchronize()
+        with torch.cuda.stream(self._stream) if cuda else contextlib.nullcontext():
+            try:
+                images = self._decode_jpegs(blobs, c == 1, self.device)
+            except RuntimeError as e:
+                raise CnnlabError(f"decoding a batch of {len(blobs)} JPEGs on {self.device} failed ({e}); "
+                                  "decode on the CPU instead: --decode cpu (data.decode: cpu)") from e  # fmt: skip
+            out = torch.empty((len(jobs), c, size, size), dtype=torch.uint8, device=self.device)
+            for (_, (left, top, right, bottom), flip), image, dst in zip(jobs, images, out):
+                crop = image[:, int(top) : int(bottom), int(left) : int(right)]
+                if crop.shape[-2:] != (size, size):
+                    crop = torch.nn.functional.interpolate(crop[None].float(), size=(size, size), mode="bilinear",
+                                                           antialias=True, align_corners=False)[0].round_().clamp_(0, 255)  # fmt: skip
+                dst.copy_(crop.flip(-1) if flip else crop)
+        if cuda:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(self._stream)
+            out.record_stream(main)
+        return out
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
