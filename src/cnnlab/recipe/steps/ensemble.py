@@ -5,10 +5,15 @@ epochs than the saturation epochs fit, :func:`cnnlab.recipe.planner.share_member
 time buys more models of the same configuration, each trained from another seed
 (``final-2/``, ``final-3/``, ...) exactly as ``final/`` was (its ``config.yaml``, the
 steps its deadline set included), so every member reproduces from ``best.yaml`` with
-``--seed``. A planned member starts only when the time left still holds one more run as
-long as ``final/`` took; else it is skipped, said in the report. When the plan misread the
-pace and time is left after the planned members, more start while one more fits (up to
-``--ensemble`` when it was given, else :func:`~cnnlab.recipe.planner.most_members`).
+``--seed``. A member trains as ``final/`` did when the time left holds a run as long as
+``final/`` took; when it holds less, but still at least half the saturation epochs (the
+least the plan gives a member), the member is trained shorter, its steps set from its own
+pace to end with the budget (:class:`~cnnlab.train.deadline.Deadline`, as ``final/``'s
+were); else it is skipped, said in the report. (Measured: a 5-minute recipe skipped its
+third planned member with 103 s left where ``final/`` had taken 99 s and the report needs
+5: a third of the budget unused.) When the plan misread the pace and time is left after
+the planned members, more start while one more fits (up to ``--ensemble`` when it was
+given, else :func:`~cnnlab.recipe.planner.most_members`).
 
 The ensemble averages the members' class probabilities (each member's own flip-TTA choice
 included: the predictions its run saved). Like flip TTA, it is used on the test only if it
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +35,13 @@ import numpy as np
 
 from cnnlab.infer.calibration import softmax
 from cnnlab.recipe.html import esc, h2, plural
-from cnnlab.recipe.planner import most_members
+from cnnlab.config import RunConfig
+from cnnlab.recipe.planner import SATURATION_EPOCHS, most_members
 from cnnlab.recipe.step import OnceStep, RecipeContext, Records, ReportContext
 from cnnlab.recipe.steps.final import FOLDER, REPORT_SECONDS, FinalResult
 from cnnlab.run import TEST, VAL, resume_config, run_training
 from cnnlab.runfolder import RunFolder
+from cnnlab.train.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +102,25 @@ class MemberStep(OnceStep):
         first = RunFolder(ctx.out / FOLDER)
         cfg = first.read_config()
         seed = cfg.train.seed + k - 1
+        final = ctx.records.get("final")
+        room = _member_epochs(ctx)
         if not _fits(ctx):
-            why = f"{ctx.clock.left():.0f} s left, the first final model took {ctx.records.seconds('final'):.0f} s"
+            why = (f"{ctx.clock.left():.0f} s left, the first final model took {ctx.records.seconds('final'):.0f} s "
+                   f"for {plural(final.epochs, 'epoch')}: {plural(room, 'epoch')} would fit")  # fmt: skip
             ctx.say(f"{key}: skipped ({why})")
             return MemberResult(str(run.path), seed, skipped=why)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-        epochs = ctx.records.get("final").epochs  # what final/ trained (its steps), not its config's planned epochs
-        ctx.say(f"{key}: {plural(epochs, 'epoch')} as {first.path.name}/ trained, seed {seed} -> {run.path}")
-        summary = run_training(cfg, run.path, verbose=ctx.verbose)
+        deadline = None
+        if room < final.epochs:  # shorter than final/: its steps set from its own pace to end with the budget
+            deadline = _shorter(ctx, cfg, final)
+            if deadline is None:  # a schedule without a warmup epoch cannot be re-planned: the epochs that fit, fixed
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=room, steps=None))
+            ctx.say(f"{key}: at most {plural(room if deadline is None else final.epochs, 'epoch')}, as many as the "
+                    f"{ctx.clock.left():.0f} s left allow ({first.path.name}/ took {ctx.records.seconds('final'):.0f} s "
+                    f"for {final.epochs}), seed {seed} -> {run.path}")  # fmt: skip
+        else:  # what final/ trained (its steps), not its config's planned epochs
+            ctx.say(f"{key}: {plural(final.epochs, 'epoch')} as {first.path.name}/ trained, seed {seed} -> {run.path}")
+        summary = run_training(cfg, run.path, verbose=ctx.verbose, deadline=deadline)
         return _trained(run, seed, summary)
 
     def to_dict(self, result: MemberResult) -> dict[str, Any]:
@@ -118,9 +138,31 @@ class MemberStep(OnceStep):
         return ""  # the ensemble's section shows every member
 
 
+def _member_epochs(ctx: RecipeContext) -> int:
+    """The epochs of ``final/``'s pace (its fixed costs counted in proportion) that the time left holds, report
+    after it kept free; at most what ``final/`` trained."""
+    epochs = ctx.records.get("final").epochs
+    took = ctx.records.seconds("final")
+    left = ctx.clock.left() - REPORT_SECONDS
+    if took <= 0:
+        return epochs
+    return max(0, min(epochs, int(epochs * left / took)))
+
+
 def _fits(ctx: RecipeContext) -> bool:
-    """Whether the time left holds one more run as long as ``final/`` took (and the report after it)."""
-    return ctx.clock.left() >= ctx.records.seconds("final") + REPORT_SECONDS
+    """Whether one more member fits: the epochs ``final/`` trained, or at least half the saturation epochs (the least
+    the budget plan gives a member, :func:`~cnnlab.recipe.planner.share_members`)."""
+    epochs = ctx.records.get("final").epochs
+    return _member_epochs(ctx) >= min(epochs, math.ceil(SATURATION_EPOCHS / 2))
+
+
+def _shorter(ctx: RecipeContext, cfg: RunConfig, final: FinalResult) -> Deadline | None:
+    """The deadline of a member shorter than ``final/``: the budget's end (the report kept free), at most
+    ``final/``'s epochs; None when its schedule has no warmup epoch to re-plan in."""
+    if cfg.schedule.warmup_epochs < 1 or ctx.options.budget_seconds is None:
+        return None
+    fixed = final.plan.fixed_seconds if final.plan is not None else 0.0
+    return Deadline(time.time() + ctx.clock.left() - REPORT_SECONDS, end_seconds=fixed, max_epochs=final.epochs)
 
 
 def _trained(run: RunFolder, seed: int, summary: Mapping[str, Any]) -> MemberResult:
