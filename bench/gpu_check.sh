@@ -24,7 +24,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
     python3 -c "from cnnlab.data.stream import batch_jpeg_decoder as d; print('batched decoder:', d().__name__)"
 } 2>&1 | tee "$out/machine.txt"
-python3 -m pytest -q -p no:cacheprovider tests/data/test_stream.py -k "device_decoding" 2>&1 | tee "$out/pytest.txt"
+python3 -m pytest -q -s -p no:cacheprovider tests/data/test_stream.py -k "device_decoding" 2>&1 | tee "$out/pytest.txt"
 work=$(mktemp -d)
 python3 bench/make_jpeg_folder.py --n 8000 --out "$work/jpegs" >/dev/null
 python3 bench/bench_stream.py loaders --folder "$work/jpegs" --work "$work/bench" --device cuda --batches 40 \

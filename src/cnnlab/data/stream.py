@@ -294,9 +294,10 @@ class StreamLoader(EpochOrder):
         :func:`batch_jpeg_decoder` decodes the whole batch in one call (nvJPEG's batched
         decoder on a GPU) at the stored size; each image's box is then cropped, resized
         (bilinear, antialiased, rounded to uint8, as torch resizes the CPU path's uint8
-        crops) and flipped on the device. The pixels can differ from the CPU path's by a
-        level or so (another IDCT, and no reduced-scale decoding), never between two runs
-        on the same device, so a resumed run still sees the batches it would have seen.
+        crops) and flipped on the device. On a GPU the pixels can differ from the CPU path's
+        by a few levels (nvJPEG's IDCT and chroma upsampling, no reduced-scale decoding),
+        never between two runs on the same device, so a resumed run still sees the batches
+        it would have seen.
 
         On a GPU the decoding runs on a stream of its own, synchronised before each call:
         torchvision's decoder writes its outputs from a private stream that does not wait
