@@ -104,7 +104,7 @@ class MemberStep(OnceStep):
         seed = cfg.train.seed + k - 1
         final = ctx.records.get("final")
         room = _member_epochs(ctx)
-        if not _fits(ctx):
+        if room < _least_epochs(final.epochs):
             why = (f"{ctx.clock.left():.0f} s left, the first final model took {ctx.records.seconds('final'):.0f} s "
                    f"for {plural(final.epochs, 'epoch')}: {plural(room, 'epoch')} would fit")  # fmt: skip
             ctx.say(f"{key}: skipped ({why})")
@@ -149,11 +149,15 @@ def _member_epochs(ctx: RecipeContext) -> int:
     return max(0, min(epochs, int(epochs * left / took)))
 
 
+def _least_epochs(final_epochs: int) -> int:
+    """The fewest epochs worth a member: half the saturation epochs (the least the budget plan gives a member,
+    :func:`~cnnlab.recipe.planner.share_members`), or all of ``final/``'s when it trained fewer."""
+    return min(final_epochs, math.ceil(SATURATION_EPOCHS / 2))
+
+
 def _fits(ctx: RecipeContext) -> bool:
-    """Whether one more member fits: the epochs ``final/`` trained, or at least half the saturation epochs (the least
-    the budget plan gives a member, :func:`~cnnlab.recipe.planner.share_members`)."""
-    epochs = ctx.records.get("final").epochs
-    return _member_epochs(ctx) >= min(epochs, math.ceil(SATURATION_EPOCHS / 2))
+    """Whether one more member fits in the time left (:func:`_member_epochs`, :func:`_least_epochs`)."""
+    return _member_epochs(ctx) >= _least_epochs(ctx.records.get("final").epochs)
 
 
 def _shorter(ctx: RecipeContext, cfg: RunConfig, final: FinalResult) -> Deadline | None:
