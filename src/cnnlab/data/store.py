@@ -841,6 +841,16 @@ def choose_loader(store: Store, cfg: DataConfig) -> tuple[str, str]:
     return "stream", f"{what}, more than {MEMORY_FRACTION:.0%} of the {_human(free)} free ({device})"
 
 
+def check_decode(store: Store, decode: str) -> None:
+    """Refuse a ``data.decode`` this store cannot have: not cpu or device, or device for a store that is not JPEG."""
+    if decode not in ("cpu", "device"):
+        raise UsageError(f"data.decode (--decode) must be cpu or device, got {decode!r}")
+    if decode == "device" and store.format != "jpeg":
+        where = store.remote.url if store.remote is not None else readable(str(store.path))
+        raise UsageError(f"--decode device (data.decode) decodes JPEG stores on the device, and {where} "
+                         f"holds {store.format} images; use --decode cpu, or prepare the store with --format jpeg")  # fmt: skip
+
+
 def _load_in_memory(store: Store, parts: dict[str, np.ndarray], size: int, channels: int) -> dict[str, ImageSet]:
     """Decode every image once (shorter side to ``size``, centre square), as the decode cache does for folders."""
 
@@ -874,9 +884,7 @@ def load_store_splits(cfg: DataConfig) -> Splits:
     if len(parts["train"]) == 0:
         raise CnnlabError(f"the store {readable(cfg.source)} has no training images")
     mode, why = choose_loader(store, cfg)
-    if cfg.decode == "device" and store.format != "jpeg":
-        raise UsageError(f"--decode device (data.decode) decodes JPEG stores on the device, and {readable(cfg.source)} "
-                         f"holds {store.format} images; use --decode cpu, or prepare the store with --format jpeg")  # fmt: skip
+    check_decode(store, cfg.decode)
     if int(os.environ.get("RANK", "0") or 0) == 0:  # one line per run, not per torchrun rank
         log.info("store %s, %s loader: %s", readable(cfg.source), mode, why)
         if mode == "memory" and cfg.decode == "device":

@@ -18,10 +18,10 @@ at their offsets in the chunk files, a JPEG is decoded by simplejpeg and the cro
 by torch (both release the GIL; Pillow decodes other formats, and JPEGs when simplejpeg is
 missing), see :meth:`~cnnlab.data.store.Store.decode_crop`. With ``data.decode: device``
 (a JPEG store) the threads only read the bytes, and each training batch is decoded on the
-training device by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU, batched), then cropped,
-resized and flipped there (:meth:`StreamLoader._decode_on_device`); evaluation batches are
-always decoded on the CPU, so that they are the pixels ``cnnlab predict`` sees. Randomness is a pure function
-of ``(seed, epoch, rank, batch)``, as in ``DeviceLoader``: the epoch's order is the same permutation
+training device in one batched call (:func:`batch_jpeg_decoder`: nvJPEG on a GPU), then
+cropped, resized and flipped there (:meth:`StreamLoader._decode_on_device`); evaluation
+batches are always decoded on the CPU, so that they are the pixels ``cnnlab predict``
+sees. Randomness is a pure function of ``(seed, epoch, rank, batch)``, as in ``DeviceLoader``: the epoch's order is the same permutation
 of the split (seeded by ``(seed, epoch)``), each rank takes its disjoint slice of it, and
 a batch's crops and flips are drawn from a generator seeded by ``(seed, epoch, rank,
 batch)`` in the main thread, before any decoding, so thread timing cannot change them. A
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from cnnlab.data.loader import EpochOrder, derive_seed
-from cnnlab.data.store import EVAL_CROP, StoreSplit
-from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.data.store import EVAL_CROP, StoreSplit, check_decode
+from cnnlab.errors import CnnlabError
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,7 @@ class StreamLoader(EpochOrder):
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
         self.workers = workers or default_workers(world_size)
         self.decode = decode or data.decode
-        if self.decode not in ("cpu", "device"):
-            raise UsageError(f"data.decode (--decode) must be cpu or device, got {self.decode!r}")
-        if self.decode == "device" and data.store.format != "jpeg":
-            raise UsageError(f"--decode device decodes JPEG stores, and this store holds {data.store.format} images; "
-                             "use --decode cpu")  # fmt: skip
+        check_decode(data.store, self.decode)
         self._pool: ThreadPoolExecutor | None = None
         self._stream = None  # the CUDA stream the device decoding runs on (made on first use)
         self._decode_jpegs = batch_jpeg_decoder() if self.decode == "device" else None
